@@ -1,0 +1,450 @@
+"""Ingest: find the input tables and register them, untyped, on a DuckDB connection.
+
+A data source is one of
+
+* a directory holding files named after the tables (``transactions_final.csv``,
+  ``transactions.csv``, ``transactions.parquet``, ``transactions.csv.gz``, ...);
+* a DuckDB database file with tables of those names;
+* a single CSV / Parquet file, read as the transactions table;
+* a TOML mapping file describing any other layout (see ``docs/mapping.md``).
+
+Text files are registered with every column as text so that validation can
+report each value that does not parse, with its line number, instead of
+failing on the first one.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ibis
+import pandas as pd
+
+from clvtier.errors import InputError, Problem
+from clvtier.schema import DATE_PATTERNS, EXTENSIONS, TABLES
+
+_SNIFF_BYTES = 1 << 20
+_DELIMITERS = (",", ";", "\t", "|")
+
+
+@dataclass(frozen=True)
+class TableSource:
+    """How one table is read.
+
+    Attributes
+    ----------
+    path : Path
+        File (or database file) holding the table.
+    format : {"csv", "parquet", "duckdb"}
+    delimiter : str
+        Field separator for text files; ``"whitespace"`` for runs of blanks.
+    header : bool
+        Whether the first line of a text file names the columns.
+    names : tuple of str
+        Column names for a headerless file, in file order.
+    columns : dict
+        Contract column name -> column name in the file.
+    date_format : str or None
+        ``strptime``-style format of the date columns (ISO when None).
+    db_table : str or None
+        Table name inside a DuckDB database.
+    """
+
+    path: Path
+    format: str = "csv"
+    delimiter: str = ","
+    header: bool = True
+    names: tuple[str, ...] = ()
+    columns: dict[str, str] = field(default_factory=dict)
+    date_format: str | None = None
+    db_table: str | None = None
+
+    @property
+    def first_data_line(self) -> int:
+        """Line number (1-based) of the first data row in a text file."""
+        return 2 if self.header and self.format == "csv" else 1
+
+
+@dataclass
+class RawTables:
+    """Tables as read, every text column untyped, on a caller-owned connection."""
+
+    con: Any
+    tables: dict[str, ibis.Table]
+    sources: dict[str, TableSource]
+    problems: list[Problem] = field(default_factory=list)
+
+
+def connect(
+    database: str = ":memory:", memory_limit: str | None = None, threads: int | None = None
+) -> Any:
+    """Open the DuckDB connection (through Ibis) that clvtier works on.
+
+    Parameters
+    ----------
+    database : str
+        DuckDB database path, in memory by default.
+    memory_limit : str, optional
+        DuckDB memory limit such as ``"2GB"``; DuckDB spills to disk beyond it.
+    threads : int, optional
+        Worker threads; all cores by default.
+    """
+    config: dict[str, Any] = {}
+    if memory_limit:
+        config["memory_limit"] = memory_limit
+    if threads:
+        config["threads"] = threads
+    return ibis.duckdb.connect(database, **config)
+
+
+def discover(source: str | Path) -> dict[str, TableSource]:
+    """Find the tables of a data source by their file names.
+
+    Parameters
+    ----------
+    source : str or Path
+        Directory, DuckDB file, single data file, or TOML mapping file.
+
+    Returns
+    -------
+    dict
+        Contract table name -> :class:`TableSource` for every table found.
+    """
+    path = Path(source)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or directory.", "Check the path to the data.")
+    if path.is_file() and path.suffix.lower() == ".toml":
+        return read_mapping(path)
+    if path.is_file() and path.suffix.lower() in (".duckdb", ".db", ".ddb"):
+        return _discover_duckdb(path)
+    if path.is_file():
+        return {"transactions": TableSource(path=path, format=_format_of(path))}
+    found: dict[str, TableSource] = {}
+    for table in TABLES.values():
+        for stem in table.file_stems:
+            for ext in EXTENSIONS:
+                candidate = path / f"{stem}{ext}"
+                if candidate.is_file():
+                    delim = "\t" if ext == ".tsv" else ","
+                    found[table.name] = TableSource(
+                        path=candidate, format=_format_of(candidate), delimiter=delim
+                    )
+                    break
+            if table.name in found:
+                break
+    return found
+
+
+def _format_of(path: Path) -> str:
+    return "parquet" if path.suffix.lower() in (".parquet", ".pq") else "csv"
+
+
+def _discover_duckdb(path: Path) -> dict[str, TableSource]:
+    import duckdb
+
+    try:
+        with duckdb.connect(str(path), read_only=True) as db:
+            names = {row[0] for row in db.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+            names |= {row[0] for row in db.execute("SELECT view_name FROM duckdb_views()").fetchall()}
+    except duckdb.Error as exc:
+        raise InputError(
+            f"{path}: cannot be opened as a DuckDB database ({_first_line(exc)}).",
+            "Pass a DuckDB database file, a directory of CSV/Parquet files, or a mapping file.",
+        ) from None
+    found = {}
+    for table in TABLES.values():
+        for stem in table.file_stems:
+            if stem in names:
+                found[table.name] = TableSource(path=path, format="duckdb", db_table=stem)
+                break
+    return found
+
+
+def read_mapping(path: Path) -> dict[str, TableSource]:
+    """Read a TOML mapping file.
+
+    Each table is a TOML section; paths are relative to the mapping file::
+
+        [transactions]
+        path = "CDNOW_master.txt"
+        delimiter = "whitespace"
+        header = false
+        names = ["customer_id", "transaction_date", "number_of_cds", "transaction_amount"]
+        date_format = "%Y%m%d"
+
+        [transactions.columns]   # contract column = column in the file
+        transaction_amount = "transaction_amount"
+    """
+    try:
+        spec = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(
+            f"{path}: not a valid TOML mapping file ({exc}).",
+            "See docs/mapping.md for the format of a mapping file.",
+        ) from None
+    unknown = sorted(set(spec) - set(TABLES))
+    if unknown:
+        raise InputError(
+            f"{path}: unknown table section(s) {unknown}.",
+            f"Use only the sections {sorted(TABLES)}.",
+        )
+    sources = {}
+    allowed = {"path", "format", "delimiter", "header", "names", "columns", "date_format", "table"}
+    for name, section in spec.items():
+        bad = sorted(set(section) - allowed)
+        if bad:
+            raise InputError(
+                f"{path}: section [{name}] has unknown key(s) {bad}.",
+                f"Use only the keys {sorted(allowed)}.",
+            )
+        if "path" not in section:
+            raise InputError(f"{path}: section [{name}] has no 'path'.", "Add path = \"FILE\".")
+        file = (path.parent / section["path"]).resolve()
+        fmt = section.get("format") or (
+            "duckdb" if file.suffix.lower() in (".duckdb", ".db", ".ddb") else _format_of(file)
+        )
+        if fmt not in ("csv", "parquet", "duckdb"):
+            raise InputError(
+                f"{path}: section [{name}] has format '{fmt}'.", "Use csv, parquet or duckdb."
+            )
+        date_format = section.get("date_format")
+        if date_format not in (None, "iso", "%Y-%m-%d", *DATE_PATTERNS):
+            raise InputError(
+                f"{path}: section [{name}] has date_format '{date_format}'.",
+                f"Use %Y-%m-%d or one of {sorted(DATE_PATTERNS)}.",
+            )
+        columns = section.get("columns", {})
+        bad_cols = sorted(set(columns) - set(TABLES[name].column_names))
+        if bad_cols:
+            raise InputError(
+                f"{path}: section [{name}.columns] maps unknown contract column(s) {bad_cols}.",
+                f"Map only {list(TABLES[name].column_names)}.",
+            )
+        sources[name] = TableSource(
+            path=file,
+            format=fmt,
+            delimiter=section.get("delimiter", ","),
+            header=bool(section.get("header", True)),
+            names=tuple(section.get("names", ())),
+            columns=dict(columns),
+            date_format=section.get("date_format"),
+            db_table=section.get("table", name if fmt == "duckdb" else None),
+        )
+    return sources
+
+
+def load_tables(
+    source: str | Path | dict[str, TableSource], con: Any | None = None
+) -> RawTables:
+    """Register every table of a data source on a DuckDB connection, untyped.
+
+    Parameters
+    ----------
+    source : str, Path or dict
+        A data source (see :func:`discover`) or an explicit table -> source mapping.
+    con : ibis DuckDB backend, optional
+        The connection to use; a new in-memory one when omitted.
+
+    Returns
+    -------
+    RawTables
+        The tables, with column names mapped to the contract. File-level problems
+        (empty, binary, not UTF-8, ...) are raised at once as a :class:`DataError`
+        by :func:`clvtier.validate.validate`; they are collected in ``problems``.
+    """
+    sources = source if isinstance(source, dict) else discover(source)
+    con = con if con is not None else connect()
+    raw = RawTables(con=con, tables={}, sources=dict(sources))
+    if not sources:
+        where = str(source)
+        raw.problems.append(
+            Problem(
+                "error",
+                "transactions",
+                f"no data tables found in {where}",
+                "Name the files transactions.csv (or transactions_final.csv, .parquet, "
+                ".csv.gz), customers.csv, engagements.csv and marketing.csv, or describe "
+                "the layout in a mapping file (docs/mapping.md).",
+                file=where,
+                code="no_tables",
+            )
+        )
+        return raw
+    for name, src in sources.items():
+        try:
+            table = _read(con, name, src)
+        except InputError as exc:
+            raw.problems.append(
+                Problem("error", name, exc.message, exc.fix, file=str(src.path), code="unreadable")
+            )
+            continue
+        raw.tables[name] = _rename(table, src)
+    return raw
+
+
+def _read(con: Any, name: str, src: TableSource) -> ibis.Table:
+    if src.format == "duckdb":
+        return _read_duckdb(con, name, src)
+    if not src.path.is_file():
+        raise InputError(f"{src.path}: no such file.", "Check the path in the mapping file.")
+    try:
+        with open(src.path, "rb") as fh:
+            head = fh.read(_SNIFF_BYTES)
+    except OSError as exc:
+        raise InputError(
+            f"cannot read the file ({exc.strerror}).",
+            "Check the file's permissions (it must be readable by you).",
+        ) from None
+    if not head:
+        raise InputError("the file is empty (0 bytes).", "Export the table again, with a header.")
+    if src.format == "parquet":
+        try:
+            return con.read_parquet(src.path, table_name=f"raw_{name}")
+        except Exception as exc:  # DuckDB raises many types for corrupt Parquet
+            raise InputError(
+                f"not a readable Parquet file ({_first_line(exc)}).",
+                "Export the table again as Parquet or as CSV.",
+            ) from None
+    text = _decode_head(head, src)
+    if src.delimiter == "whitespace":
+        return _read_whitespace(con, name, src)
+    return _read_csv(con, name, src, text)
+
+
+def _decode_head(head: bytes, src: TableSource) -> str:
+    import gzip
+    import zlib
+
+    if head[:2] == b"\x1f\x8b":
+        try:
+            head = gzip.decompress(head)
+        except (OSError, EOFError, zlib.error):
+            try:
+                head = zlib.decompressobj(zlib.MAX_WBITS | 16).decompress(head)
+            except zlib.error:
+                raise InputError(
+                    "the gzip file is corrupt.", "Compress the CSV again with gzip."
+                ) from None
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or b"\x00" in head[:4096]:
+        raise InputError(
+            "the file is binary or UTF-16 encoded, not UTF-8 text.",
+            "Save the table as UTF-8 CSV (in Excel: 'CSV UTF-8').",
+        )
+    try:
+        return head.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        if len(head) == _SNIFF_BYTES and exc.start > len(head) - 4:
+            return head[: exc.start].decode("utf-8-sig")
+        line = head[: exc.start].count(b"\n") + 1
+        raise InputError(
+            f"the file is not UTF-8 text (invalid byte 0x{head[exc.start]:02x} on line {line}).",
+            "Save the table as UTF-8 CSV (for example: iconv -f latin1 -t utf-8 in > out).",
+        ) from None
+
+
+def _read_csv(con: Any, name: str, src: TableSource, text: str) -> ibis.Table:
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if src.header and len(lines) == 0:
+        raise InputError("the file has no header and no rows.", "Export the table with a header.")
+    options: dict[str, Any] = {
+        "all_varchar": True,
+        "header": src.header,
+        "delim": src.delimiter,
+        "quote": '"',
+        "escape": '"',
+        "strict_mode": True,
+        "null_padding": False,
+    }
+    if src.names:
+        options["names"] = list(src.names)
+    try:
+        return con.read_csv(str(src.path), table_name=f"raw_{name}", **options)
+    except Exception as exc:  # duckdb raises several error types for malformed CSV
+        raise InputError(
+            f"the file cannot be parsed as CSV ({_csv_error(exc)}).",
+            _csv_fix(lines[0] if lines else "", src.delimiter),
+        ) from None
+
+
+def _read_whitespace(con: Any, name: str, src: TableSource) -> ibis.Table:
+    try:
+        frame = pd.read_csv(
+            src.path,
+            sep=r"\s+",
+            header=0 if src.header else None,
+            names=list(src.names) or None,
+            dtype=str,
+            keep_default_na=False,
+            engine="python" if not src.names else "c",
+            encoding="utf-8",
+        )
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(
+            f"the file cannot be parsed as whitespace-separated text ({_first_line(exc)}).",
+            "Check that every line has the same number of fields.",
+        ) from None
+    frame = frame.replace({"": None})
+    return con.create_table(f"raw_{name}", frame, temp=True, overwrite=True)
+
+
+def _read_duckdb(con: Any, name: str, src: TableSource) -> ibis.Table:
+    alias = "src_" + "".join(ch if ch.isalnum() else "_" for ch in src.path.stem)
+    if alias not in con.list_catalogs():
+        try:
+            con.attach(src.path, name=alias, read_only=True)
+        except Exception as exc:
+            raise InputError(
+                f"cannot be opened as a DuckDB database ({_first_line(exc)}).",
+                "Pass a valid DuckDB database file.",
+            ) from None
+    try:
+        return con.table(src.db_table or name, database=(alias, "main"))
+    except Exception:
+        raise InputError(
+            f"the database has no table '{src.db_table or name}'.",
+            f"Create a table named {TABLES[name].file_stems[-1]} in the database.",
+        ) from None
+
+
+def _rename(table: ibis.Table, src: TableSource) -> ibis.Table:
+    """Map file columns to contract columns: explicit mapping, then normalised names."""
+    renames: dict[str, str] = {}
+    reverse = {v: k for k, v in src.columns.items()}
+    for col in table.columns:
+        target = reverse.get(col) or _normalise(col)
+        if target != col and target not in table.columns and target not in renames.values():
+            renames[target] = col
+    return table.rename(renames) if renames else table
+
+
+def _normalise(name: str) -> str:
+    return "_".join(name.strip().lower().replace("-", " ").split())
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+def _csv_error(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    keep = [ln for ln in lines if ln.startswith(("CSV Error", "Expected", "Original Line", "Invalid"))]
+    return "; ".join(keep[:3]) or _first_line(exc)
+
+
+def _csv_fix(header: str, delimiter: str) -> str:
+    try:
+        sniffed = csv.Sniffer().sniff(header, delimiters="".join(_DELIMITERS)).delimiter
+    except csv.Error:
+        sniffed = delimiter
+    if sniffed != delimiter:
+        return (
+            f"The file seems to be separated by {sniffed!r}, not {delimiter!r}: "
+            "set delimiter in a mapping file (docs/mapping.md) or re-export with commas."
+        )
+    return "Check quoting and that every row has as many fields as the header."

@@ -1,0 +1,483 @@
+"""Validate: check raw tables against the contract and type them, reporting every problem at once.
+
+Handling of what is accepted with a warning (also in the README):
+
+* missing age / gender: kept as missing; the model imputes them.
+* transactions or offers whose customer is not in the customers table: kept;
+  the customer is known from its transactions.
+* negative amounts (returns) are netted into spend; zero amounts are kept.
+* response spellings yes/no/y/n/true/false/1/0 in any case are normalised to Yes / No.
+* dates after the as-of date are kept but never used: features only read
+  events before the cutoff, which is at most the as-of date.
+* customers without transactions get zero transaction features.
+* column names that differ only in case, spaces or dashes are mapped to the contract.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+import ibis
+import ibis.expr.types as ir
+
+from clvtier.errors import DataError, Problem
+from clvtier.ingest import RawTables, TableSource, load_tables
+from clvtier.schema import DATE_PATTERNS as _DATE_PATTERNS
+from clvtier.schema import RESPONSE_NO, RESPONSE_YES, TABLES, Column
+
+_FIRST_ROWS = 5
+
+
+
+@dataclass
+class Dataset:
+    """Validated, typed tables on a DuckDB connection.
+
+    Attributes
+    ----------
+    con : ibis backend
+        The connection the tables live on.
+    tables : dict
+        Contract table name -> typed Ibis table.
+    sources : dict
+        Contract table name -> where it was read from.
+    problems : list of Problem
+        The warnings found (errors raise instead).
+    summary : dict
+        Rows, customers and date range per table.
+    """
+
+    con: Any
+    tables: dict[str, ir.Table]
+    sources: dict[str, TableSource]
+    problems: list[Problem] = field(default_factory=list)
+    summary: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "warning"]
+
+    @property
+    def last_date(self) -> dt.date:
+        """The last transaction date in the data."""
+        return self.summary["transactions"]["last_date"]
+
+    @property
+    def first_date(self) -> dt.date:
+        return self.summary["transactions"]["first_date"]
+
+
+def load(source: Any, con: Any | None = None, as_of: dt.date | None = None) -> Dataset:
+    """Ingest and validate a data source in one call.
+
+    Parameters
+    ----------
+    source : str, Path or dict
+        See :func:`clvtier.ingest.discover`.
+    con : ibis DuckDB backend, optional
+    as_of : date, optional
+        Dates after it are reported; today when omitted.
+
+    Raises
+    ------
+    DataError
+        Listing every error found in every table.
+    """
+    return validate(load_tables(source, con=con), as_of=as_of)
+
+
+def validate(raw: RawTables, as_of: dt.date | None = None) -> Dataset:
+    """Check every table against the contract; type them; report every problem at once.
+
+    Raises
+    ------
+    DataError
+        When any error is found; warnings are attached to it too.
+    """
+    as_of = as_of or dt.date.today()
+    problems = list(raw.problems)
+    typed: dict[str, ir.Table] = {}
+    summary: dict[str, dict[str, Any]] = {}
+    if "transactions" not in raw.sources and not any(p.code == "no_tables" for p in problems):
+        found = ", ".join(f"{k} ({v.path.name})" for k, v in raw.sources.items()) or "nothing"
+        problems.append(
+            Problem(
+                "error",
+                "transactions",
+                f"the required transactions table is missing (found: {found})",
+                "Add transactions.csv (or transactions_final.csv / .parquet / .csv.gz) "
+                "with columns transaction_id, customer_id, transaction_date, "
+                "transaction_amount, product_category.",
+                code="missing_table",
+            )
+        )
+    for name, table in raw.tables.items():
+        checker = _TableCheck(raw.con, name, table, raw.sources[name], as_of)
+        result = checker.run()
+        problems.extend(checker.problems)
+        if result is not None:
+            typed[name] = result
+            summary[name] = checker.summary
+    if not any(p.severity == "error" for p in problems):
+        problems.extend(_cross_checks(raw.con, typed, raw.sources))
+    if any(p.severity == "error" for p in problems):
+        raise DataError(problems)
+    return Dataset(raw.con, _materialise(raw, typed), raw.sources, problems, summary)
+
+
+def _materialise(raw: RawTables, typed: dict[str, ir.Table]) -> dict[str, ir.Table]:
+    """Parse text files once: later stages query the typed tables many times."""
+    out = {}
+    for name, table in typed.items():
+        if raw.sources[name].format == "csv":
+            out[name] = raw.con.create_table(f"typed_{name}", table, temp=True, overwrite=True)
+        else:
+            out[name] = table
+    return out
+
+
+class _TableCheck:
+    def __init__(self, con: Any, name: str, table: ir.Table, src: TableSource, as_of: dt.date):
+        self.con = con
+        self.name = name
+        self.raw = table
+        self.src = src
+        self.contract = TABLES[name]
+        self.as_of = as_of
+        self.problems: list[Problem] = []
+        self.summary: dict[str, Any] = {}
+
+    def problem(self, severity: str, message: str, fix: str, column: str | None = None,
+                count: int = 0, rows: tuple[int, ...] = (), code: str = "") -> None:
+        self.problems.append(
+            Problem(severity, self.name, message, fix, file=str(self.src.path), column=column,  # type: ignore[arg-type]
+                    count=count, rows=rows, code=code)
+        )
+
+    def run(self) -> ir.Table | None:
+        if not self._check_columns():
+            return None
+        typed = self._typed()
+        stats = self._stats(typed)
+        n = stats["n_rows"]
+        self.summary = {"rows": n, "file": str(self.src.path)}
+        if n == 0:
+            self.problem(
+                "error",
+                "the table has a header but no rows",
+                "Export the table again with its data, or remove the file if the table is optional.",
+                code="empty",
+            )
+            return None
+        for col in self.contract.columns:
+            if col.name in self.raw.columns:
+                self._check_parse(col, stats, typed)
+        self._check_key(stats, typed)
+        self._check_specific(stats, typed)
+        if self.contract.dated_by:
+            self.summary["first_date"] = _to_date(stats.get(f"min_{self.contract.dated_by}"))
+            self.summary["last_date"] = _to_date(stats.get(f"max_{self.contract.dated_by}"))
+        self.summary["customers"] = int(stats.get("n_customers") or 0)
+        return typed
+
+    # -- columns ---------------------------------------------------------
+    def _check_columns(self) -> bool:
+        present = set(self.raw.columns)
+        missing = [c.name for c in self.contract.columns if c.required and c.name not in present]
+        if not missing:
+            return True
+        hint = ""
+        if len(self.raw.columns) == 1:
+            only = self.raw.columns[0]
+            for delim, label in ((";", "semicolons"), ("\t", "tabs"), ("|", "pipes")):
+                if delim in only:
+                    hint = f" The header is one field '{only[:60]}': the file looks separated by {label}."
+                    break
+        self.problem(
+            "error",
+            f"missing required column(s) {missing}; found {list(self.raw.columns)[:12]}.{hint}",
+            "Rename the columns to the contract names, map them in a mapping file "
+            "(docs/mapping.md), or re-export the file comma-separated with a header.",
+            column=", ".join(missing),
+            code="missing_column",
+        )
+        return False
+
+    # -- typing ------------------------------------------------------------
+    def _typed(self) -> ir.Table:
+        return self.raw.select(**self._typed_exprs())
+
+    def _typed_exprs(self) -> dict[str, ir.Value]:
+        t = self.raw
+        cols: dict[str, ir.Value] = {}
+        for col in self.contract.columns:
+            if col.name not in t.columns:
+                if col.name == "transaction_id":
+                    cols[col.name] = (ibis.row_number() + 1).cast("string")
+                else:
+                    cols[col.name] = ibis.null(_ibis_type(col))
+                continue
+            cols[col.name] = _convert(t[col.name], col, self.src.date_format)
+        return cols
+
+    def _stats(self, typed: ir.Table) -> dict[str, Any]:
+        """Every count validation needs, in one query per table."""
+        raw = self.raw
+        both = raw.select(
+            **self._typed_exprs(),
+            **{f"raw__{c}": _as_text(raw[c]) for c in raw.columns if c in self.contract.column_names},
+        )
+        aggs: dict[str, ir.Scalar] = {"n_rows": both.count()}
+        for col in self.contract.columns:
+            if col.name not in raw.columns:
+                continue
+            r = both[f"raw__{col.name}"]
+            v = both[col.name]
+            present = r.notnull() & (r.strip().length() > 0)
+            aggs[f"bad_{col.name}"] = (present & v.isnull()).sum()
+            aggs[f"null_{col.name}"] = (~present).sum()
+            if col.kind == "date":
+                aggs[f"min_{col.name}"] = v.min()
+                aggs[f"max_{col.name}"] = v.max()
+                aggs[f"future_{col.name}"] = (v > ibis.literal(self.as_of)).sum()
+            if col.kind == "number" or col.kind == "count":
+                finite = v.notnull() & ~v.isnan() & ~v.isinf()
+                aggs[f"nonfinite_{col.name}"] = (v.notnull() & ~finite).sum()
+                aggs[f"neg_{col.name}"] = (finite & (v < 0)).sum()
+                aggs[f"zero_{col.name}"] = (finite & (v == 0)).sum()
+            if col.kind == "response":
+                canon = r.strip().isin(["Yes", "No"])
+                aggs[f"normalised_{col.name}"] = (v.notnull() & ~canon).sum()
+        key = self.contract.key
+        if key and key in raw.columns:
+            aggs["n_distinct_key"] = both[key].nunique()
+            aggs["n_key"] = both[key].count()
+        if "customer_id" in both.columns:
+            aggs["n_customers"] = both.customer_id.nunique()
+        return dict(self.con.execute(both.aggregate(**aggs)).iloc[0].to_dict())
+
+    def _first_lines(self, condition_of: Any) -> tuple[int, ...]:
+        t = self.raw.mutate(__line=ibis.row_number() + self.src.first_data_line)
+        typed_cols = _typed_columns(t, self.contract, self.src.date_format)
+        t = t.mutate(**typed_cols)
+        hits = t.filter(condition_of(t)).select("__line").limit(_FIRST_ROWS)
+        return tuple(int(x) for x in self.con.execute(hits)["__line"].tolist())
+
+    def _check_parse(self, col: Column, stats: dict[str, Any], typed: ir.Table) -> None:
+        name = col.name
+        bad = int(stats.get(f"bad_{name}", 0) or 0)
+        if bad:
+            rows = self._first_lines(
+                lambda t: t[name].notnull()
+                & (_as_text(t[name]).strip().length() > 0)
+                & t[f"__typed_{name}"].isnull()
+            )
+            self.problem(
+                "error",
+                f"{bad:,} value(s) do not parse as {_kind_label(col, self.src.date_format)}",
+                _parse_fix(col),
+                column=name, count=bad, rows=rows, code="parse",
+            )
+        nulls = int(stats.get(f"null_{name}", 0) or 0)
+        if nulls and (col.kind == "id" or col.required):
+            rows = self._first_lines(lambda t: _as_text(t[name]).strip().length().fillna(0) == 0)
+            self.problem(
+                "error", f"{nulls:,} row(s) have an empty {name}",
+                f"Fill in {name} or drop those rows.", column=name, count=nulls, rows=rows,
+                code="empty_key" if col.kind == "id" else "missing_value",
+            )
+        elif nulls and name in ("age", "gender"):
+            self.problem(
+                "warning",
+                f"{name} is missing in {nulls:,} row(s); kept as missing and imputed by the model",
+                f"Nothing to do; fill in {name} if you have it.", column=name, count=nulls,
+                code="missing_value",
+            )
+        nonfinite = int(stats.get(f"nonfinite_{name}", 0) or 0)
+        if nonfinite:
+            rows = self._first_lines(
+                lambda t: t[f"__typed_{name}"].isnan() | t[f"__typed_{name}"].isinf()
+            )
+            self.problem(
+                "error", f"{nonfinite:,} value(s) are NaN or infinite",
+                "Replace them with real amounts or drop those rows.", column=name,
+                count=nonfinite, rows=rows, code="non_finite",
+            )
+        future = int(stats.get(f"future_{name}", 0) or 0)
+        if future:
+            self.problem(
+                "warning", f"{future:,} date(s) are after the as-of date {self.as_of}; kept, never used as features",
+                "Check the export, or pass --as-of with the export date.", column=name,
+                count=future, code="future_date",
+            )
+        normalised = int(stats.get(f"normalised_{name}", 0) or 0)
+        if normalised:
+            self.problem(
+                "warning", f"{normalised:,} value(s) are spelled other than Yes/No; normalised",
+                "Nothing to do; export Yes/No to silence this.", column=name, count=normalised,
+                code="normalised",
+            )
+
+    def _check_key(self, stats: dict[str, Any], typed: ir.Table) -> None:
+        key = self.contract.key
+        if not key or key not in self.raw.columns:
+            return
+        dupes = int(stats["n_key"]) - int(stats["n_distinct_key"])
+        if dupes <= 0:
+            return
+        rows = self._first_lines(
+            lambda t: t[f"__typed_{key}"].notnull()
+            & (t[f"__typed_{key}"].count().over(group_by=t[f"__typed_{key}"]) > 1)
+        )
+        self.problem(
+            "error", f"{dupes:,} duplicate {key} value(s); {key} must be unique in {self.name}",
+            "Remove the duplicate rows or give each row its own id.", column=key,
+            count=dupes, rows=rows, code="duplicate_key",
+        )
+
+    def _check_specific(self, stats: dict[str, Any], typed: ir.Table) -> None:
+        if self.name == "transactions":
+            neg = int(stats.get("neg_transaction_amount", 0) or 0)
+            zero = int(stats.get("zero_transaction_amount", 0) or 0)
+            if neg:
+                rows = self._first_lines(lambda t: t["__typed_transaction_amount"] < 0)
+                self.problem(
+                    "warning", f"{neg:,} negative amount(s), treated as returns and netted into spend",
+                    "Nothing to do if they are returns.", column="transaction_amount",
+                    count=neg, rows=rows, code="negative_amount",
+                )
+            if zero:
+                self.problem(
+                    "warning", f"{zero:,} zero amount(s); kept (they count as transactions)",
+                    "Nothing to do if they are free orders.", column="transaction_amount",
+                    count=zero, code="zero_amount",
+                )
+
+
+def _cross_checks(con: Any, typed: dict[str, ir.Table], sources: dict[str, TableSource]) -> list[Problem]:
+    out: list[Problem] = []
+    tx = typed.get("transactions")
+    cust = typed.get("customers")
+    if tx is None:
+        return out
+    if cust is not None:
+        ids = cust.select("customer_id")
+        for name in ("transactions", "marketing", "engagements"):
+            t = typed.get(name)
+            if t is None:
+                continue
+            orphans = t.anti_join(ids, "customer_id")
+            counts = con.execute(
+                orphans.aggregate(rows=orphans.count(), customers=orphans.customer_id.nunique())
+            ).iloc[0]
+            if int(counts["rows"]):
+                out.append(
+                    Problem(
+                        "warning", name,
+                        f"{int(counts['rows']):,} row(s) of {int(counts['customers']):,} customer(s) "
+                        "whose customer_id is not in customers; kept (known from their own rows)",
+                        "Add those customers to the customers table to get their profile features.",
+                        file=str(sources[name].path), column="customer_id",
+                        count=int(counts["rows"]), code="orphan",
+                    )
+                )
+        without = cust.anti_join(tx.select("customer_id"), "customer_id").count()
+        n_without = int(con.execute(without))
+        if n_without:
+            out.append(
+                Problem(
+                    "warning", "customers",
+                    f"{n_without:,} customer(s) have no transactions; they get zero spend features",
+                    "Nothing to do if they never bought.", file=str(sources["customers"].path),
+                    column="customer_id", count=n_without, code="no_transactions",
+                )
+            )
+    return out
+
+
+# -- conversion helpers -------------------------------------------------------
+def _to_date(value: Any) -> dt.date | None:
+    if value is None or value != value:  # None or NaT
+        return None
+    return value.date() if hasattr(value, "date") else value
+
+
+def _ibis_type(col: Column) -> str:
+    return {"id": "string", "date": "date", "number": "float64", "count": "float64",
+            "text": "string", "response": "string"}[col.kind]
+
+
+def _as_text(v: ir.Value) -> ir.StringValue:
+    return v if v.type().is_string() else v.cast("string")
+
+
+def _typed_columns(t: ir.Table, contract: Any, date_format: str | None) -> dict[str, ir.Value]:
+    return {
+        f"__typed_{c.name}": _convert(t[c.name], c, date_format)
+        for c in contract.columns
+        if c.name in t.columns
+    }
+
+
+def _convert(v: ir.Value, col: Column, date_format: str | None) -> ir.Value:
+    """Typed value of a raw column; NULL where a value does not parse."""
+    dtype = v.type()
+    if col.kind in ("id", "text"):
+        s = _as_text(v).strip()
+        return s.nullif("")
+    if col.kind == "response":
+        s = _as_text(v).strip().lower()
+        return (
+            ibis.cases((s.isin(RESPONSE_YES), "Yes"), (s.isin(RESPONSE_NO), "No"), else_=None)
+        )
+    if col.kind == "date":
+        if dtype.is_date():
+            return v
+        if dtype.is_timestamp():
+            return v.date()
+        if not dtype.is_string():
+            return ibis.null("date")
+        return _parse_date(v.strip(), date_format)
+    # number / count
+    if dtype.is_numeric():
+        return v.cast("float64")
+    if not dtype.is_string():
+        return ibis.null("float64")
+    return v.strip().try_cast("float64")
+
+
+def _parse_date(s: ir.StringValue, date_format: str | None) -> ir.DateValue:
+    if not date_format or date_format in ("%Y-%m-%d", "iso"):
+        return s.try_cast("date")
+    pattern, (y, m, d) = _DATE_PATTERNS[date_format]
+    iso = (
+        s.re_extract(pattern, y) + "-" + s.re_extract(pattern, m).lpad(2, "0") + "-"
+        + s.re_extract(pattern, d).lpad(2, "0")
+    )
+    return iso.nullif("--").try_cast("date")
+
+
+def _kind_label(col: Column, date_format: str | None) -> str:
+    if col.kind == "date":
+        return f"dates ({date_format or 'YYYY-MM-DD'})"
+    if col.kind == "response":
+        return "responses (Yes/No)"
+    return "numbers"
+
+
+def _parse_fix(col: Column) -> str:
+    if col.kind == "date":
+        return (
+            "Write dates as YYYY-MM-DD, or give date_format in a mapping file "
+            f"(one of {sorted(_DATE_PATTERNS)}; docs/mapping.md)."
+        )
+    if col.kind == "response":
+        return "Use Yes or No (yes/no, y/n, true/false, 1/0 are accepted too)."
+    return "Write plain numbers with a dot as decimal separator and no currency or thousands signs."
+
+
+def supported_date_formats() -> list[str]:
+    """Date formats accepted in a mapping file besides ISO ``%Y-%m-%d``."""
+    return sorted(_DATE_PATTERNS)
