@@ -393,7 +393,7 @@ class TierBinner(TransformerMixin, BaseEstimator):
                 f"cuts={self.cuts!r} must be two finite numbers in increasing order.",
                 fix="pass cuts=(first, second) with first < second",
             )
-        if self.method == "quantiles" and not (0 < cuts[0] and cuts[1] < 1):
+        if self.method == "quantiles" and not (cuts[0] > 0 and cuts[1] < 1):
             raise InputError(
                 f"Quantile cuts={self.cuts!r} must lie strictly between 0 and 1.",
                 fix="pass two quantile levels 0 < q1 < q2 < 1, e.g. cuts=(0.5, 0.9)",
@@ -447,8 +447,12 @@ def _zero_rule(
         candidates.append((upper, f"{name_high} of all customers"))
     if positive.size:
         candidates.append((float(np.median(positive)), "the median of the customers who spent"))
-    tried = []
+    tried: list[str] = []
+    seen: set[float] = set()
     for high_cut, source in candidates:
+        if high_cut in seen:
+            continue
+        seen.add(high_cut)
         shares = _shares(values, _NO_SPEND_CUT, high_cut)
         if not _empty_tiers(shares):
             rule = (

@@ -193,7 +193,7 @@ class _TableCheck:
             only = self.raw.columns[0]
             for delim, label in ((";", "semicolons"), ("\t", "tabs"), ("|", "pipes")):
                 if delim in only:
-                    hint = f" The header is one field '{only[:60]}': the file looks separated by {label}."
+                    hint = f" The header is one field '{only[:60]}': the file looks separated by {label}"
                     break
         self.problem(
             "error",

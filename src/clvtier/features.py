@@ -1,0 +1,378 @@
+"""Features: one row per customer known at a cutoff date, from events strictly before it.
+
+The definition is written once as an Ibis expression over the contract tables and
+a cutoff *parameter*, so the same expression runs on DuckDB (the default) and on
+PySpark, and training and scoring differ only in the cutoff they bind.
+
+Time units are days. Customers without activity get zeros, never NaN; only
+profile fields that are genuinely unknown (age, gender, location) stay missing
+for the model to impute.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ibis
+import ibis.expr.types as ir
+import pandas as pd
+
+from clvtier.errors import InputError
+
+#: Spend windows (days before the cutoff).
+SPEND_WINDOWS = (30, 90, 180, 365)
+_MAX_LEVELS = 12
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What the feature definition depends on besides the cutoff.
+
+    It is learned from the training data and saved with the model, so that
+    scoring builds exactly the same columns.
+
+    Attributes
+    ----------
+    categories : tuple of str
+        Product categories that get their own spend-share column.
+    promotion_types : tuple of str
+        Promotion types that get their own response-count column.
+    tables : tuple of str
+        The optional tables (customers, engagements, marketing) the features use.
+    """
+
+    categories: tuple[str, ...] = ()
+    promotion_types: tuple[str, ...] = ()
+    tables: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FeatureSpec:
+        return cls(**{k: tuple(v) for k, v in data.items()})
+
+
+@dataclass
+class FeatureSet:
+    """Features of every customer known at ``cutoff``.
+
+    Attributes
+    ----------
+    frame : DataFrame
+        ``customer_id`` (str) and one column per feature, sorted by customer_id.
+    cutoff : date
+        Events on or after this date were not used.
+    spec : FeatureSpec
+    columns : dict
+        Feature name -> {"kind": "numeric" | "categorical", "time_bounded": bool}.
+    """
+
+    frame: pd.DataFrame
+    cutoff: dt.date
+    spec: FeatureSpec
+    columns: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def undated(self) -> list[str]:
+        """Features computed from data that carry no dates (they may leak the future)."""
+        return [c for c, m in self.columns.items() if not m["time_bounded"]]
+
+    @property
+    def categorical(self) -> list[str]:
+        return [c for c, m in self.columns.items() if m["kind"] == "categorical"]
+
+    @property
+    def numeric(self) -> list[str]:
+        return [c for c, m in self.columns.items() if m["kind"] == "numeric"]
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "cutoff": self.cutoff.isoformat(),
+            "spec": self.spec.to_dict(),
+            "columns": self.columns,
+            "not_time_bounded": self.undated,
+            "n_customers": len(self.frame),
+        }
+
+
+def slug(value: str) -> str:
+    """Column-name-safe lower-case form of a category value."""
+    s = re.sub(r"[^0-9a-z]+", "_", str(value).strip().lower()).strip("_")
+    return s or "blank"
+
+
+def learn_spec(tables: Mapping[str, ir.Table], con: Any) -> FeatureSpec:
+    """Learn the category and promotion levels from the data (most frequent first)."""
+    categories: tuple[str, ...] = ()
+    tx = tables["transactions"]
+    if "product_category" in tx.columns:
+        top = tx.filter(tx.product_category.notnull()).product_category.value_counts()
+        top = top.order_by([ibis.desc(top.columns[1]), top.columns[0]]).limit(_MAX_LEVELS)
+        categories = tuple(str(x) for x in con.execute(top).iloc[:, 0])
+    promotions: tuple[str, ...] = ()
+    if "marketing" in tables:
+        mk = tables["marketing"]
+        top = mk.filter(mk.promotion_type.notnull()).promotion_type.value_counts()
+        top = top.order_by([ibis.desc(top.columns[1]), top.columns[0]]).limit(_MAX_LEVELS)
+        promotions = tuple(str(x) for x in con.execute(top).iloc[:, 0])
+    optional = tuple(t for t in ("customers", "engagements", "marketing") if t in tables)
+    return FeatureSpec(categories, promotions, optional)
+
+
+def feature_expr(tables: Mapping[str, ir.Table], spec: FeatureSpec) -> tuple[ir.Table, ir.Scalar]:
+    """The feature definition as an Ibis expression with a cutoff parameter.
+
+    Parameters
+    ----------
+    tables : mapping
+        Typed contract tables (``transactions`` required).
+    spec : FeatureSpec
+
+    Returns
+    -------
+    (expr, cutoff)
+        The expression and the date parameter to bind when executing it.
+    """
+    missing = [t for t in spec.tables if t not in tables]
+    if missing:
+        raise InputError(
+            f"the features need the table(s) {missing}, which the data lack.",
+            "Score with the same tables the model was trained on.",
+        )
+    cutoff = ibis.param("date")
+    tx = tables["transactions"]
+    tx = tx.filter(tx.transaction_date < cutoff)
+    base = _known_customers(tables, spec, tx, cutoff)
+    expr = base.left_join(_transaction_features(tx, spec, cutoff), "customer_id").drop(
+        "customer_id_right"
+    )
+    if "customers" in spec.tables:
+        expr = _join(expr, _profile_features(tables["customers"], cutoff))
+        first = expr.first_purchase_day
+        join = expr.join_date.fill_null(first)
+        expr = expr.mutate(
+            days_since_join=ibis.ifelse(join.isnull(), 0, cutoff.delta(join, unit="day")).cast("float64")
+        ).drop("join_date")
+    if "engagements" in spec.tables:
+        expr = _join(expr, _engagement_features(tables["engagements"]))
+    if "marketing" in spec.tables:
+        expr = _join(expr, _marketing_features(tables["marketing"], spec, cutoff))
+    expr = expr.drop("first_purchase_day")
+    columns = feature_columns(spec)
+    fills = {c: 0.0 for c, m in columns.items() if m["kind"] == "numeric" and c != "age"}
+    expr = expr.mutate(
+        **{c: (expr[c].fill_null(0) if c in fills else expr[c]).cast(_dtype(columns[c])) for c in columns}
+    )
+    return expr.select("customer_id", *columns).order_by("customer_id"), cutoff
+
+
+def feature_columns(spec: FeatureSpec) -> dict[str, dict[str, Any]]:
+    """Every feature the definition produces for ``spec``, with its kind and time-boundedness."""
+    num = {"kind": "numeric", "time_bounded": True}
+    cols: dict[str, dict[str, Any]] = {}
+    for name in (
+        "n_transactions", "total_spend", "mean_spend", "max_spend", "first_purchase_value",
+        "btyd_frequency", "btyd_recency", "btyd_T", "btyd_monetary",
+        *(f"spend_{w}d" for w in SPEND_WINDOWS), "spend_trend",
+        "ipt_mean", "ipt_std", "days_since_last_purchase", "n_categories",
+        *(f"share_{slug(c)}" for c in spec.categories),
+    ):
+        cols[name] = dict(num)
+    if "customers" in spec.tables:
+        cols["age"] = {"kind": "numeric", "time_bounded": False}
+        cols["gender"] = {"kind": "categorical", "time_bounded": True}
+        cols["location"] = {"kind": "categorical", "time_bounded": True}
+        cols["days_since_join"] = dict(num)
+    if "engagements" in spec.tables:
+        for name in ("eng_site_visits", "eng_emails_opened", "eng_clicks",
+                     "eng_clicks_per_email", "eng_clicks_per_visit"):
+            cols[name] = {"kind": "numeric", "time_bounded": False}
+    if "marketing" in spec.tables:
+        for name in ("offers_received", "offers_responded", "response_rate",
+                     *(f"responded_{slug(p)}" for p in spec.promotion_types)):
+            cols[name] = dict(num)
+    return cols
+
+
+def _dtype(meta: Mapping[str, Any]) -> str:
+    return "float64" if meta["kind"] == "numeric" else "string"
+
+
+def _join(left: ir.Table, right: ir.Table) -> ir.Table:
+    return left.left_join(right, "customer_id").drop("customer_id_right")
+
+
+def _known_customers(tables: Mapping[str, ir.Table], spec: FeatureSpec, tx: ir.Table,
+                     cutoff: ir.Scalar) -> ir.Table:
+    ids = tx.select("customer_id").distinct()
+    if "customers" in spec.tables:
+        cust = tables["customers"]
+        joined = cust.filter(cust.join_date < cutoff).select("customer_id")
+        ids = ids.union(joined, distinct=True)
+    return ids
+
+
+def _transaction_features(tx: ir.Table, spec: FeatureSpec, cutoff: ir.Scalar) -> ir.Table:
+    amount = tx.transaction_amount
+    per_cat: dict[str, ir.Value] = {}
+    for c in spec.categories:
+        s = slug(c)
+        per_cat[f"amt_{s}"] = amount.sum(where=tx.product_category == c)
+        per_cat[f"n_{s}"] = (tx.product_category == c).sum()
+    other = ~tx.product_category.isin(list(spec.categories)) & tx.product_category.notnull()
+    per_cat["n__other"] = other.sum() if spec.categories else tx.product_category.notnull().sum()
+    # Same-day purchases are merged into one purchase day (the BTYD convention).
+    daily = tx.group_by(customer_id=tx.customer_id, day=tx.transaction_date).aggregate(
+        amount=amount.sum(), n=tx.count(), max_amount=amount.max(), **per_cat
+    )
+    w = ibis.window(group_by=daily.customer_id, order_by=daily.day)
+    daily = daily.mutate(
+        gap=daily.day.delta(daily.day.lag().over(w), unit="day").cast("float64"),
+        is_first=ibis.row_number().over(w) == 0,
+        ago=cutoff.delta(daily.day, unit="day"),
+    )
+    aggs: dict[str, ir.Value] = {
+        "n_transactions": daily.n.sum().cast("float64"),
+        "total_spend": daily.amount.sum(),
+        "max_spend": daily.max_amount.max(),
+        "n_days": daily.count(),
+        "first_purchase_day": daily.day.min(),
+        "last_day": daily.day.max(),
+        "first_purchase_value": daily.amount.sum(where=daily.is_first),
+        "ipt_mean": daily.gap.mean(),
+        "ipt_std": daily.gap.std(how="pop"),
+        "spend_prev_180d": daily.amount.sum(where=(daily.ago > 180) & (daily.ago <= 360)),
+    }
+    for w_days in SPEND_WINDOWS:
+        aggs[f"spend_{w_days}d"] = daily.amount.sum(where=daily.ago <= w_days)
+    for c in spec.categories:
+        s = slug(c)
+        aggs[f"amt_{s}"] = daily[f"amt_{s}"].sum()
+        aggs[f"n_{s}"] = daily[f"n_{s}"].sum()
+    aggs["n__other"] = daily["n__other"].sum()
+    g = daily.group_by("customer_id").aggregate(**aggs)
+    freq = g.n_days - 1
+    total = g.total_spend
+    first_value = g.first_purchase_value.fill_null(0)
+    n_categories = (g["n__other"] > 0).cast("int64")
+    for c in spec.categories:
+        n_categories = n_categories + (g[f"n_{slug(c)}"].fill_null(0) > 0).cast("int64")
+    derived: dict[str, ir.Value] = {
+        "mean_spend": total / g.n_transactions,
+        "btyd_frequency": freq.cast("float64"),
+        "btyd_recency": g.last_day.delta(g.first_purchase_day, unit="day").cast("float64"),
+        "btyd_T": cutoff.delta(g.first_purchase_day, unit="day").cast("float64"),
+        "btyd_monetary": ibis.ifelse(freq > 0, (total - first_value) / freq.cast("float64"), 0.0),
+        "spend_trend": g.spend_180d.fill_null(0) - g.spend_prev_180d.fill_null(0),
+        "days_since_last_purchase": cutoff.delta(g.last_day, unit="day").cast("float64"),
+        "n_categories": n_categories.cast("float64"),
+    }
+    for c in spec.categories:
+        s = slug(c)
+        derived[f"share_{s}"] = ibis.ifelse(total > 0, g[f"amt_{s}"].fill_null(0) / total, 0.0)
+    keep = ["customer_id", "n_transactions", "total_spend", "max_spend", "first_purchase_value",
+            "first_purchase_day", "ipt_mean", "ipt_std", *(f"spend_{w}d" for w in SPEND_WINDOWS)]
+    return g.select(*keep, **derived)
+
+
+def _profile_features(customers: ir.Table, cutoff: ir.Scalar) -> ir.Table:
+    return customers.select("customer_id", "age", "gender", "location", "join_date")
+
+
+def _engagement_features(eng: ir.Table) -> ir.Table:
+    visits = eng.number_of_site_visits
+    emails = eng.number_of_emails_opened
+    clicks = eng.number_of_clicks
+    return eng.select(
+        "customer_id",
+        eng_site_visits=visits,
+        eng_emails_opened=emails,
+        eng_clicks=clicks,
+        eng_clicks_per_email=ibis.ifelse(emails > 0, clicks / emails, 0.0),
+        eng_clicks_per_visit=ibis.ifelse(visits > 0, clicks / visits, 0.0),
+    )
+
+
+def _marketing_features(mk: ir.Table, spec: FeatureSpec, cutoff: ir.Scalar) -> ir.Table:
+    mk = mk.filter(mk.campaign_date < cutoff)
+    yes = mk.response == "Yes"
+    aggs: dict[str, ir.Value] = {
+        "offers_received": mk.count().cast("float64"),
+        "offers_responded": yes.sum().cast("float64"),
+    }
+    for p in spec.promotion_types:
+        aggs[f"responded_{slug(p)}"] = (yes & (mk.promotion_type == p)).sum().cast("float64")
+    g = mk.group_by("customer_id").aggregate(**aggs)
+    return g.mutate(
+        response_rate=ibis.ifelse(g.offers_received > 0, g.offers_responded / g.offers_received, 0.0)
+    )
+
+
+def _as_date(value: dt.date | str) -> dt.date:
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(str(value))
+    except ValueError:
+        raise InputError(f"'{value}' is not a date.", "Write dates as YYYY-MM-DD.") from None
+
+
+def build_features(data: Any, cutoff: dt.date | str, spec: FeatureSpec | None = None) -> FeatureSet:
+    """Features of every customer known at ``cutoff``, from events strictly before it.
+
+    Parameters
+    ----------
+    data : Dataset
+        Validated tables (see :func:`clvtier.validate.load`).
+    cutoff : date or str
+        Events on or after the cutoff are ignored.
+    spec : FeatureSpec, optional
+        Saved with a model; learned from ``data`` when omitted.
+
+    Returns
+    -------
+    FeatureSet
+
+    Examples
+    --------
+    >>> from clvtier import load, build_features  # doctest: +SKIP
+    >>> fs = build_features(load("data/"), "2024-01-01")  # doctest: +SKIP
+    >>> fs.frame.columns[:3].tolist()  # doctest: +SKIP
+    ['customer_id', 'n_transactions', 'total_spend']
+    """
+    cutoff = _as_date(cutoff)
+    spec = spec or learn_spec(data.tables, data.con)
+    expr, param = feature_expr(data.tables, spec)
+    frame = data.con.execute(expr, params={param: cutoff})
+    frame = frame.reset_index(drop=True)
+    frame["customer_id"] = frame["customer_id"].astype(str)
+    return FeatureSet(frame=frame, cutoff=cutoff, spec=spec, columns=feature_columns(spec))
+
+
+def write_features(data: Any, cutoff: dt.date | str, out: str | Path,
+                   spec: FeatureSpec | None = None) -> FeatureSet:
+    """Build features and write them (CSV or Parquet) with a ``.meta.json`` sidecar, atomically."""
+    from clvtier.persist import atomic_path
+
+    out = Path(out)
+    if out.suffix.lower() not in (".csv", ".parquet"):
+        raise InputError(f"{out}: unknown output format.", "Name the output file .csv or .parquet.")
+    fs = build_features(data, cutoff, spec)
+    with atomic_path(out) as tmp:
+        if out.suffix.lower() == ".parquet":
+            fs.frame.to_parquet(tmp, index=False)
+        else:
+            fs.frame.to_csv(tmp, index=False)
+    meta = out.with_name(out.name + ".meta.json")
+    with atomic_path(meta) as tmp:
+        tmp.write_text(json.dumps(fs.metadata(), indent=2))
+    return fs
