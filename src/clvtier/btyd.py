@@ -336,6 +336,8 @@ class BetaGeoModel(BaseEstimator):
             a = 1.0 + 1e-8
         z = t / (alpha + t_end + t)
         c = a + b + x - 1.0
+        # 2F1 has poles at c = 0, -1, ...; only reachable when x = 0 and a + b <= 1.
+        c = np.where((c <= 0) & (np.abs(c - np.round(c)) < 1e-9), c + 1e-9, c)
         # Euler's transformation of (1-z)^(r+x) 2F1(r+x, b+x; c; z) from the paper's
         # eq. (10): same value, but bounded parameters, so no overflow for large x.
         tail = (1.0 - z) ** (a - 1.0) * hyp2f1(a + b - 1.0 - r, a - 1.0, c, z)

@@ -205,6 +205,250 @@ def generate(
     )
 
 
+def _tier_cuts(tiers: str) -> tuple[str, tuple[float, float] | None]:
+    """Parse --tiers: 'quartile', 'quantiles:0.3,0.8' or 'amounts:100,1000'."""
+    if tiers == "quartile":
+        return "quartile", None
+    method, _, rest = tiers.partition(":")
+    try:
+        a, b = (float(x) for x in rest.split(","))
+    except ValueError:
+        raise InputError(
+            f"--tiers '{tiers}' is not understood.",
+            "Use quartile, quantiles:Q1,Q2 (e.g. quantiles:0.25,0.75) or amounts:A1,A2 (e.g. amounts:100,1000).",
+        ) from None
+    if method not in ("quantiles", "amounts"):
+        raise InputError(f"--tiers method '{method}' is unknown.", "Use quartile, quantiles:Q1,Q2 or amounts:A1,A2.")
+    return method, (a, b)
+
+
+def _train_config(mode: str, target: str | None, cutoff: str | None, horizon_days: int, metric: str,
+                  cv: int, seed: int, candidates: str | None, tiers: str, backtests: int,
+                  drop_undated: bool, n_boot: int) -> Any:
+    from clvtier.models import DEFAULT_CANDIDATES
+    from clvtier.train import TrainConfig
+
+    method, cuts = _tier_cuts(tiers)
+    names = tuple(c.strip() for c in candidates.split(",") if c.strip()) if candidates else DEFAULT_CANDIDATES
+    return TrainConfig(
+        mode=mode, target=target or ("future" if mode == "predictive" else "total_spend"),
+        cutoff=_date(cutoff, "--cutoff"), horizon_days=horizon_days, metric=metric, cv_folds=cv,
+        seed=seed, candidates=names, tier_method=method, tier_cuts=cuts, backtests=backtests,
+        drop_undated=drop_undated, n_boot=n_boot,
+    )
+
+
+def run_training(data: Path, run_dir: Path, cfg: Any, as_of: dt.date | None = None,
+                 write_report: bool = True) -> Any:
+    """Validate, train, evaluate, write the run directory (and report); return the result."""
+    from clvtier.persist import write_run
+    from clvtier.train import train as train_fn
+    from clvtier.validate import load
+
+    with progress("Validating data"):
+        ds = load(data, as_of=as_of)
+    _print_problems(ds.warnings)
+    with progress("Training") as update:
+        result = train_fn(ds, cfg, progress=lambda step: update(description=step))
+    with progress("Writing the run directory"):
+        write_run(result, run_dir, command=" ".join(["clvtier", *sys.argv[1:]]))
+    if write_report:
+        _write_report(run_dir)
+    return result
+
+
+def _write_report(run_dir: Path) -> Path | None:
+    try:
+        from clvtier.report import write_report
+    except ImportError:
+        return None
+    with progress("Writing the report"):
+        return write_report(run_dir)
+
+
+def print_result(result: Any, run_dir: Path) -> None:
+    """A concise summary: candidates x metrics with the baseline rows, the chosen model, the outputs."""
+    m = result.metrics
+    if m["mode"] == "snapshot":
+        out.print(
+            "[bold yellow]SNAPSHOT MODE: features and CLV come from the same period; total spend is both "
+            "a feature and the label. These numbers describe the past; they are not evidence of prediction."
+            "[/bold yellow]"
+        )
+    th = m["thresholds"]
+    out.print(
+        f"Cutoff {m['cutoff']}, horizon {m['horizon_days']} days, target '{m['target']}'. "
+        f"Tiers: Low < {th['low_cut']:,.2f} <= Medium < {th['high_cut']:,.2f} <= High ({th['rule']}). "
+        f"Customers: {m['n_train']:,} train / {m['n_test']:,} test.",
+        highlight=False,
+    )
+    cv = {row["model"]: row for row in m["cv"]}
+    table = Table(title=f"Held-out customers (n = {m['n_test']:,}); selection by {m['selection_metric']} CV")
+    for col in ("model", f"CV {m['selection_metric']}", "accuracy", "macro F1", "High precision",
+                "High recall", "revenue in predicted High", "Spearman"):
+        table.add_column(col, justify="right" if col != "model" else "left")
+
+    def fmt(v: Any) -> str:
+        return "-" if v is None else f"{v:.3f}"
+
+    for name, row in m["test"].items():
+        label = name + (" (chosen)" if name == m["chosen"] else "")
+        cvs = f"{cv[name]['mean']:.3f} ± {cv[name]['std']:.3f}" if name in cv else "-"
+        style = "bold green" if name == m["chosen"] else ("dim" if name.startswith("baseline") else None)
+        table.add_row(label, cvs, fmt(row.get("accuracy")), fmt(row.get("macro_f1")),
+                      fmt(row.get("high_precision")), fmt(row.get("high_recall")),
+                      fmt(row.get("revenue_capture_high")), fmt(row.get("spearman")), style=style)
+    out.print(table)
+    h = m["headline"]
+    if "macro_f1" in h:
+        out.print(
+            f"Chosen: [bold]{m['chosen']}[/bold]; macro-F1 {h['macro_f1']['value']:.3f} "
+            f"(95 % CI {h['macro_f1']['lo']:.3f}-{h['macro_f1']['hi']:.3f}).",
+            highlight=False,
+        )
+    audit = m.get("leakage_audit", {})
+    if audit.get("with_undated") and audit.get("without_undated"):
+        out.print(
+            f"Leakage audit: macro-F1 {fmt(audit['with_undated']['macro_f1'])} with undated features, "
+            f"{fmt(audit['without_undated']['macro_f1'])} without ({', '.join(audit['undated_features'])}).",
+            highlight=False,
+        )
+    for row in m.get("backtest", []):
+        if "skipped" in row:
+            out.print(f"Backtest at {row['cutoff']}: skipped ({row['skipped']})", highlight=False)
+        else:
+            out.print(
+                f"Backtest at {row['cutoff']}: macro-F1 {fmt(row['model']['macro_f1'])} "
+                f"(carry-forward {fmt(row['carry_forward']['macro_f1'])}).",
+                highlight=False,
+            )
+    out.print(f"Outputs in {run_dir}/: model.skops, metadata.json, metrics.json, cv.csv, "
+              f"test_predictions.csv" + (", report.html" if (run_dir / "report.html").exists() else ""))
+
+
+ModeOpt = Annotated[str, typer.Option(help="predictive (default: features before the cutoff, CLV after it) "
+                                            "or snapshot (the original same-period analysis; leaks).")]
+TargetOpt = Annotated[str | None, typer.Option(help="predictive: future (default) or total; "
+                                                    "snapshot: total_spend (default) or formula.")]
+CutoffOpt = Annotated[str | None, typer.Option(help="Cutoff date T (default: last date minus the horizon).")]
+HorizonOpt = Annotated[int, typer.Option("--horizon-days", help="Horizon H in days.")]
+MetricOpt = Annotated[str, typer.Option(help="Selection metric: macro_f1, accuracy, weighted_f1, balanced_accuracy.")]
+CvOpt = Annotated[int, typer.Option("--cv", help="Cross-validation folds.")]
+SeedOpt = Annotated[int, typer.Option(help="Random seed.")]
+CandOpt = Annotated[str | None, typer.Option(help="Comma-separated candidate models "
+                                                  "(logreg,knn,random_forest,naive_bayes,hist_gb).")]
+TiersOpt = Annotated[str, typer.Option(help="quartile, quantiles:Q1,Q2 or amounts:A1,A2.")]
+BacktestOpt = Annotated[int, typer.Option(help="Earlier cutoffs in the out-of-time backtest.")]
+UndatedOpt = Annotated[bool, typer.Option("--drop-undated", help="Leave out features that are not time-bounded.")]
+BootOpt = Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for the 95 % intervals.")]
+
+
+@app.command()
+@handle_errors
+def train(
+    data: DataArg,
+    run_dir: Annotated[Path, typer.Option("--out", help="Run directory to write.")],
+    mode: ModeOpt = "predictive",
+    target: TargetOpt = None,
+    cutoff: CutoffOpt = None,
+    horizon_days: HorizonOpt = 365,
+    metric: MetricOpt = "macro_f1",
+    cv: CvOpt = 5,
+    seed: SeedOpt = 42,
+    candidates: CandOpt = None,
+    tiers: TiersOpt = "quartile",
+    backtests: BacktestOpt = 2,
+    drop_undated: UndatedOpt = False,
+    n_boot: BootOpt = 500,
+    as_of: AsOfOpt = None,
+) -> None:
+    """Train and evaluate CLV-tier models; write the model, metrics and report to RUN_DIR."""
+    cfg = _train_config(mode, target, cutoff, horizon_days, metric, cv, seed, candidates, tiers,
+                        backtests, drop_undated, n_boot)
+    result = run_training(data, run_dir, cfg, as_of=_date(as_of, "--as-of"))
+    print_result(result, run_dir)
+
+
+@app.command()
+@handle_errors
+def predict(
+    data: DataArg,
+    model_dir: Annotated[Path, typer.Option("--model", help="Run directory written by 'clvtier train'.")],
+    out_file: Annotated[Path, typer.Option("--out", help="Scores file, .csv or .parquet.")],
+    as_of: Annotated[str | None, typer.Option("--as-of", help="Score as of this date "
+                                                              "(default: the day after the last transaction).")] = None,
+    no_reasons: Annotated[bool, typer.Option("--no-reasons", help="Skip the per-customer reasons (faster).")] = False,
+) -> None:
+    """Score every customer known at the as-of date: tier, P(Low/Medium/High), top three reasons."""
+    from clvtier.predict import load as load_model
+    from clvtier.predict import predict as predict_fn
+    from clvtier.predict import write_scores
+    from clvtier.validate import load
+
+    model = load_model(model_dir)
+    as_of_date = _date(as_of, "--as-of")
+    with progress("Validating data"):
+        ds = load(data, as_of=as_of_date)
+    _print_problems(ds.warnings)
+    with progress("Scoring"):
+        scores = predict_fn(model, ds, as_of=as_of_date, with_reasons=not no_reasons)
+    write_scores(scores, out_file)
+    counts = scores["tier"].value_counts()
+    out.print(
+        f"Scored {len(scores):,} customers (known at the as-of date: {len(scores):,}; in = out): "
+        + ", ".join(f"{t} {int(counts.get(t, 0)):,}" for t in ("Low", "Medium", "High"))
+        + f". Wrote {out_file}.",
+        highlight=False,
+    )
+
+
+@app.command()
+@handle_errors
+def report(run_dir: Annotated[Path, typer.Argument(help="Run directory written by 'clvtier train'.")]) -> None:
+    """Write RUN_DIR/report.html, a self-contained HTML report."""
+    from clvtier.persist import load_model
+
+    load_model(run_dir)
+    path = _write_report(run_dir)
+    if path is None:
+        raise InputError("the report module is not available in this installation.", "Reinstall clvtier.")
+    out.print(f"Wrote {path}")
+
+
+@app.command()
+@handle_errors
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory for the demo data and run.")] = Path("demo-run"),
+    customers: Annotated[int, typer.Option(help="Synthetic customers.")] = 10_000,
+    seed: SeedOpt = 42,
+) -> None:
+    """Generate EcomX-like data, validate, train, evaluate, score and report, end to end."""
+    import time
+
+    from clvtier.generate import generate as gen
+    from clvtier.predict import load as load_model
+    from clvtier.predict import predict as predict_fn
+    from clvtier.predict import write_scores
+    from clvtier.validate import load
+
+    t0 = time.perf_counter()
+    data_dir = out_dir / "data"
+    with progress("Generating synthetic data") as update:
+        update(total=customers)
+        gen(customers, seed, data_dir, progress=lambda n: update(advance=n))
+    out.print(f"Generated {customers:,} customers in {data_dir}/ (ground truth in ground_truth.csv).")
+    cfg = _train_config("predictive", None, None, 365, "macro_f1", 5, seed, None, "quartile", 2, False, 300)
+    run_dir = out_dir / "run"
+    result = run_training(data_dir, run_dir, cfg)
+    with progress("Scoring every customer"):
+        ds = load(data_dir)
+        scores = predict_fn(load_model(run_dir), ds)
+        write_scores(scores, run_dir / "scores.csv")
+    print_result(result, run_dir)
+    out.print(f"Scored {len(scores):,} customers as of {ds.last_date + dt.timedelta(days=1)}: {run_dir}/scores.csv")
+    out.print(f"Demo finished in {time.perf_counter() - t0:.0f} s.")
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -407,9 +407,7 @@ def bootstrap_ci(
     True
     """
     _check_bootstrap_args(n, n_boot, alpha)
-    samples = np.array(
-        [_scalar(metric_fn(row)) for chunk in _resamples(n, n_boot, seed) for row in chunk]
-    )
+    samples = np.array([_scalar(metric_fn(row)) for chunk in _resamples(n, n_boot, seed) for row in chunk])
     return _interval(samples, alpha)
 
 

@@ -29,6 +29,9 @@ from clvtier.errors import InputError
 SPEND_WINDOWS = (30, 90, 180, 365)
 _MAX_LEVELS = 12
 
+#: The BTYD purchase summary; these columns are only meaningful together (recency <= T).
+BTYD_GROUP = ("btyd_frequency", "btyd_recency", "btyd_T", "btyd_monetary")
+
 
 @dataclass(frozen=True)
 class FeatureSpec:
@@ -156,7 +159,8 @@ def feature_expr(tables: Mapping[str, ir.Table], spec: FeatureSpec) -> tuple[ir.
     if "customers" in spec.tables:
         expr = _join(expr, _profile_features(tables["customers"], cutoff))
         first = expr.first_purchase_day
-        join = expr.join_date.fill_null(first)
+        # A join date on or after the cutoff is not known yet: fall back to the first purchase.
+        join = ibis.ifelse(expr.join_date < cutoff, expr.join_date, first)
         expr = expr.mutate(
             days_since_join=ibis.ifelse(join.isnull(), 0, cutoff.delta(join, unit="day")).cast("float64")
         ).drop("join_date")

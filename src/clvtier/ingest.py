@@ -280,7 +280,7 @@ def load_tables(
             table = _read(con, name, src)
         except InputError as exc:
             raw.problems.append(
-                Problem("error", name, exc.message, exc.fix, file=str(src.path), code="unreadable")
+                Problem("error", name, exc.message.rstrip("."), exc.fix, file=str(src.path), code="unreadable")
             )
             continue
         raw.tables[name] = _rename(table, src)
@@ -324,6 +324,10 @@ def _decode_head(head: bytes, src: TableSource) -> str:
         try:
             head = gzip.decompress(head)
         except (OSError, EOFError, zlib.error):
+            if len(head) < _SNIFF_BYTES:  # the whole file was read: it is truncated or corrupt
+                raise InputError(
+                    "the gzip file is corrupt or truncated.", "Compress the CSV again with gzip."
+                ) from None
             try:
                 head = zlib.decompressobj(zlib.MAX_WBITS | 16).decompress(head)
             except zlib.error:

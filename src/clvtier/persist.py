@@ -8,6 +8,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -46,3 +47,201 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# -- model bundles --------------------------------------------------------------
+MODEL_FILE = "model.skops"
+METADATA_FILE = "metadata.json"
+FORMAT_VERSION = 1
+
+#: Types beyond skops' defaults that a clvtier model may contain; nothing else is loaded.
+_OWN_TYPES_PREFIX = "clvtier."
+_TRUSTED_TYPES = frozenset({"numpy.dtype", "sklearn.compose._column_transformer.make_column_selector"})
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries a saved model depends on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("clvtier", "scikit-learn", "numpy", "scipy", "pandas", "skops", "ibis-framework", "duckdb"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "unknown"
+    return out
+
+
+def save_model(pipeline: object, directory: Path, metadata: dict) -> dict:
+    """Write ``model.skops`` and ``metadata.json`` (with the model's hash) into ``directory``.
+
+    skops stores the object graph as data, so loading never executes arbitrary code.
+    """
+    import json
+
+    import skops.io as sio
+
+    directory.mkdir(parents=True, exist_ok=True)
+    model_path = directory / MODEL_FILE
+    sio.dump(pipeline, model_path)
+    meta = dict(metadata)
+    meta["format_version"] = FORMAT_VERSION
+    meta["model_file"] = MODEL_FILE
+    meta["model_sha256"] = file_sha256(model_path)
+    meta["versions"] = library_versions()
+    (directory / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=str))
+    return meta
+
+
+def load_model(directory: str | Path) -> tuple[object, dict]:
+    """Load a model bundle, refusing anything tampered with, incompatible, or of unknown types.
+
+    Raises
+    ------
+    ModelError
+        When the bundle is missing, its bytes changed since training, it was made by an
+        incompatible version, or it contains types outside scikit-learn, numpy and clvtier.
+    """
+    import json
+
+    import skops.io as sio
+
+    from clvtier.errors import ModelError
+
+    directory = Path(directory)
+    meta_path = directory / METADATA_FILE
+    model_path = directory / MODEL_FILE
+    if not meta_path.is_file() or not model_path.is_file():
+        raise ModelError(
+            f"{directory} is not a clvtier model directory (no {METADATA_FILE} / {MODEL_FILE}).",
+            "Pass the RUN_DIR written by 'clvtier train'.",
+        )
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{meta_path} is not valid JSON ({exc}).", "Train the model again.") from None
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ModelError(
+            f"model format {meta.get('format_version')} is not supported by this clvtier "
+            f"(format {FORMAT_VERSION}).",
+            "Train the model again with this version of clvtier.",
+        )
+    if file_sha256(model_path) != meta.get("model_sha256"):
+        raise ModelError(
+            f"{model_path} changed after training (its SHA-256 does not match metadata.json).",
+            "Use the model files exactly as 'clvtier train' wrote them, or train again.",
+        )
+    mine = library_versions()
+    saved = meta.get("versions", {})
+    for lib in ("clvtier", "scikit-learn"):
+        have, want = mine.get(lib), saved.get(lib)
+        if lib == "clvtier":
+            compatible = (have or "").split(".")[:2] == (want or "").split(".")[:2]
+        else:
+            compatible = have == want
+        if not compatible:
+            raise ModelError(
+                f"the model was saved with {lib} {want}, this installation has {lib} {have}.",
+                f"Install {lib}=={want} to use this model, or train it again.",
+            )
+    try:
+        untrusted = sio.get_untrusted_types(file=model_path)
+    except Exception as exc:
+        raise ModelError(f"{model_path} is not a readable skops file ({exc}).", "Train again.") from None
+    unknown = [t for t in untrusted if not t.startswith(_OWN_TYPES_PREFIX) and t not in _TRUSTED_TYPES]
+    if unknown:
+        raise ModelError(
+            f"{model_path} contains types that clvtier does not trust: {unknown[:5]}.",
+            "Only load models trained by clvtier; train the model again.",
+        )
+    try:
+        pipeline = sio.load(model_path, trusted=untrusted)
+    except Exception as exc:
+        raise ModelError(f"{model_path} cannot be loaded ({exc}).", "Train the model again.") from None
+    return pipeline, meta
+
+
+def frame_fingerprint(frame: object) -> str:
+    """SHA-256 over a DataFrame's values (row order included)."""
+    import hashlib
+
+    import pandas as pd
+
+    hashed = pd.util.hash_pandas_object(frame, index=False)  # type: ignore[arg-type]
+    return hashlib.sha256(hashed.to_numpy().tobytes()).hexdigest()
+
+
+def write_run(result: object, run_dir: str | Path, command: str = "", extra: dict | None = None) -> Path:
+    """Write a training run atomically: model, metadata, metrics, CV table, test predictions.
+
+    Nothing appears at ``run_dir`` unless every file was written.
+    """
+    import json
+
+    r: Any = result
+    run_dir = Path(run_dir)
+    with atomic_dir(run_dir) as tmp:
+        cfg = r.config
+        metadata = {
+            "clvtier_run": True,
+            "created": _now(),
+            "command": command,
+            "mode": cfg.mode,
+            "describes_past_only": cfg.mode == "snapshot",
+            "target": cfg.target,
+            "cutoff": r.cutoff.isoformat(),
+            "horizon_days": cfg.horizon_days,
+            "config": cfg.to_dict(),
+            "chosen_model": r.chosen,
+            "thresholds": r.binner.describe(),
+            "feature_names": r.feature_names,
+            "feature_dtypes": r.feature_dtypes,
+            "feature_spec": r.spec.to_dict(),
+            "not_time_bounded": r.undated,
+            "reference": r.reference,
+            "data_fingerprint": r.data_fingerprint,
+            "data_summary": r.data_summary,
+            "headline": r.metrics["headline"],
+            "seed": cfg.seed,
+        }
+        if extra:
+            metadata.update(extra)
+        save_model(r.pipeline, tmp, metadata)
+        metrics = dict(r.metrics)
+        metrics["timings_seconds"] = r.timings
+        metrics["warnings"] = r.warnings
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
+        r.cv.drop(columns=["folds"]).to_csv(tmp / "cv.csv", index=False)
+        r.predictions.to_csv(tmp / "test_predictions.csv", index=False)
+        if r.values is not None:
+            r.values.to_csv(tmp / "values.csv", index=False)
+    return run_dir
+
+
+def _json_default(obj: object) -> object:
+    import numpy as np
+
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return str(obj)
+
+
+def _now() -> str:
+    import datetime as dt
+
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

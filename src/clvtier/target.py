@@ -100,6 +100,14 @@ def _empty_tiers(shares: dict[str, float]) -> list[str]:
     return [tier for tier, share in shares.items() if share == 0.0]
 
 
+def _empty_phrase(empty: list[str]) -> str:
+    return f"the {' and '.join(empty)} tier{'s' if len(empty) > 1 else ''} empty"
+
+
+def _sentence(clause: str) -> str:
+    return clause[0].upper() + clause[1:] + "."
+
+
 class TierBinner(TransformerMixin, BaseEstimator):
     """Bin a customer value (CLV in the horizon) into Low / Medium / High.
 
@@ -266,8 +274,8 @@ class TierBinner(TransformerMixin, BaseEstimator):
             shares = _shares(values, low_cut, high_cut)
             if empty := _empty_tiers(shares):
                 raise InputError(
-                    f"The amounts ({low_cut:g}, {high_cut:g}) leave the "
-                    f"{' and '.join(empty)} tier empty on the fit data "
+                    f"The amounts ({low_cut:g}, {high_cut:g}) leave "
+                    f"{_empty_phrase(empty)} on the fit data "
                     f"({_format_shares(shares)}).",
                     fix=f"choose amounts inside the range of the values "
                     f"({values.min():g} to {values.max():g}) or use method='quartile'",
@@ -280,23 +288,16 @@ class TierBinner(TransformerMixin, BaseEstimator):
             name_low, name_high = _quantile_names(self.method, q_low, q_high)
             if empty := _empty_tiers(shares):
                 degenerate = (
-                    f"The quantile thresholds {name_low} = {low_cut:g} and "
-                    f"{name_high} = {high_cut:g} leave the {' and '.join(empty)} tier empty "
+                    f"the quantile thresholds {name_low} = {low_cut:g} and "
+                    f"{name_high} = {high_cut:g} leave {_empty_phrase(empty)} "
                     f"on the fit data ({_format_shares(shares)})"
                 )
                 if self.zero_rule == "never":
-                    raise InputError(
-                        degenerate + ".", fix="use zero_rule='auto' or " + _FIX_DEGENERATE
-                    )
-                low_cut, high_cut, shares, rule = _zero_rule(
-                    values, q_high, name_high, degenerate
-                )
+                    raise InputError(_sentence(degenerate), fix="use zero_rule='auto' or " + _FIX_DEGENERATE)
+                low_cut, high_cut, shares, rule = _zero_rule(values, q_high, name_high, degenerate)
                 zero_rule_applied = True
             else:
-                rule = (
-                    f"{self.method}: Low < {name_low} = {low_cut:g} <= Medium "
-                    f"< {name_high} = {high_cut:g} <= High"
-                )
+                rule = f"{self.method}: Low < {name_low} = {low_cut:g} <= Medium < {name_high} = {high_cut:g} <= High"
         self.low_cut_ = float(low_cut)
         self.high_cut_ = float(high_cut)
         self.rule_ = rule
@@ -385,9 +386,7 @@ class TierBinner(TransformerMixin, BaseEstimator):
         try:
             cuts = np.asarray(self.cuts, dtype=np.float64)
         except (TypeError, ValueError) as exc:
-            raise InputError(
-                f"cuts={self.cuts!r} are not two numbers.", fix="pass two numbers"
-            ) from exc
+            raise InputError(f"cuts={self.cuts!r} are not two numbers.", fix="pass two numbers") from exc
         if cuts.shape != (2,) or not np.isfinite(cuts).all() or not cuts[0] < cuts[1]:
             raise InputError(
                 f"cuts={self.cuts!r} must be two finite numbers in increasing order.",
@@ -403,9 +402,7 @@ class TierBinner(TransformerMixin, BaseEstimator):
     def _validate_values(self, X, *, reset: bool) -> np.ndarray:
         _check_feature_names(self, X, reset=reset)
         try:
-            values = check_array(
-                X, ensure_2d=False, dtype=np.float64, ensure_all_finite=False, input_name="X"
-            )
+            values = check_array(X, ensure_2d=False, dtype=np.float64, ensure_all_finite=False, input_name="X")
         except ValueError as exc:
             raise InputError(
                 f"TierBinner needs one number per customer: {exc}",
@@ -424,8 +421,7 @@ class TierBinner(TransformerMixin, BaseEstimator):
         if bad.any():
             raise InputError(
                 f"{int(bad.sum())} of {values.size} customer values are NaN or infinite.",
-                fix="fill missing horizon values (no purchase means 0) or drop those "
-                "customers before binning",
+                fix="fill missing horizon values (no purchase means 0) or drop those customers before binning",
             )
         return values
 
@@ -465,7 +461,7 @@ def _zero_rule(
     n_zero = int((values <= 0).sum())
     detail = "; ".join(tried) if tried else "no customer has a positive value"
     raise InputError(
-        f"{degenerate}. The zero rule (Low = no spend, {n_zero} of {values.size} "
+        f"{_sentence(degenerate)} The zero rule (Low = no spend, {n_zero} of {values.size} "
         f"customers) cannot fix it either: {detail}.",
         fix=_FIX_DEGENERATE,
     )

@@ -193,11 +193,11 @@ class _TableCheck:
             only = self.raw.columns[0]
             for delim, label in ((";", "semicolons"), ("\t", "tabs"), ("|", "pipes")):
                 if delim in only:
-                    hint = f" The header is one field '{only[:60]}': the file looks separated by {label}"
+                    hint = f"; the header is one field '{only[:60]}': the file looks separated by {label}"
                     break
         self.problem(
             "error",
-            f"missing required column(s) {missing}; found {list(self.raw.columns)[:12]}.{hint}",
+            f"missing required column(s) {missing}; found {list(self.raw.columns)[:12]}{hint}",
             "Rename the columns to the contract names, map them in a mapping file "
             "(docs/mapping.md), or re-export the file comma-separated with a header.",
             column=", ".join(missing),
@@ -282,7 +282,7 @@ class _TableCheck:
             )
         nulls = int(stats.get(f"null_{name}", 0) or 0)
         if nulls and (col.kind == "id" or col.required):
-            rows = self._first_lines(lambda t: _as_text(t[name]).strip().length().fillna(0) == 0)
+            rows = self._first_lines(lambda t: _as_text(t[name]).strip().length().fill_null(0) == 0)
             self.problem(
                 "error", f"{nulls:,} row(s) have an empty {name}",
                 f"Fill in {name} or drop those rows.", column=name, count=nulls, rows=rows,

@@ -1,0 +1,573 @@
+"""Train: features and tiers at a cutoff, candidates compared on identical folds, the best refitted.
+
+The whole run is a function of the data and a :class:`TrainConfig`: seeds are
+fixed, candidate order is fixed, and selection uses cross-validation on the
+training customers only (the test customers are never used to choose).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.base import clone
+from sklearn.model_selection import StratifiedKFold, cross_validate, train_test_split
+
+from clvtier import clv
+from clvtier.errors import InputError
+from clvtier.evaluate import (
+    MajorityBaseline,
+    carry_forward_tiers,
+    classification_metrics,
+    headline_with_ci,
+)
+from clvtier.features import BTYD_GROUP, FeatureSet, FeatureSpec, build_features
+from clvtier.models import DEFAULT_CANDIDATES, candidate_pipelines, make_pipeline, model_input
+from clvtier.persist import frame_fingerprint
+from clvtier.target import TIERS, TierBinner
+
+METRICS = {"macro_f1": "f1_macro", "accuracy": "accuracy", "weighted_f1": "f1_weighted",
+           "balanced_accuracy": "balanced_accuracy"}
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run besides the data.
+
+    Attributes
+    ----------
+    mode : {"predictive", "snapshot"}
+    target : str
+        ``future`` or ``total`` (predictive), ``total_spend`` or ``formula`` (snapshot).
+    cutoff : date, optional
+        Predictive mode: last date minus the horizon when omitted.
+    horizon_days : int
+    metric : str
+        Model-selection metric: one of :data:`METRICS`.
+    cv_folds : int
+    seed : int
+    candidates : tuple of str
+    tier_method : {"quartile", "quantiles", "amounts"}
+    tier_cuts : tuple of two floats, optional
+    test_size : float
+        Share of customers held out for the test set.
+    backtests : int
+        Number of earlier cutoffs for the out-of-time backtest (predictive mode).
+    drop_undated : bool
+        Leave out features that are not time-bounded (engagement totals, age).
+    n_boot : int
+        Bootstrap resamples for the confidence intervals.
+    """
+
+    mode: str = "predictive"
+    target: str = "future"
+    cutoff: dt.date | None = None
+    horizon_days: int = 365
+    metric: str = "macro_f1"
+    cv_folds: int = 5
+    seed: int = 42
+    candidates: tuple[str, ...] = DEFAULT_CANDIDATES
+    tier_method: str = "quartile"
+    tier_cuts: tuple[float, float] | None = None
+    test_size: float = 0.25
+    backtests: int = 2
+    drop_undated: bool = False
+    n_boot: int = 500
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("predictive", "snapshot"):
+            raise InputError(f"unknown mode '{self.mode}'.", "Use predictive or snapshot.")
+        allowed = clv.PREDICTIVE_TARGETS if self.mode == "predictive" else clv.SNAPSHOT_TARGETS
+        if self.target not in allowed:
+            raise InputError(
+                f"target '{self.target}' does not exist in {self.mode} mode.",
+                f"Use one of {', '.join(allowed)}.",
+            )
+        if self.metric not in METRICS:
+            raise InputError(f"unknown metric '{self.metric}'.", f"Use one of {', '.join(METRICS)}.")
+        if not 2 <= self.cv_folds <= 20:
+            raise InputError(f"--cv {self.cv_folds} is out of range.", "Use 2 to 20 folds.")
+        if not 0.05 <= self.test_size <= 0.5:
+            raise InputError(f"test size {self.test_size} is out of range.", "Use 0.05 to 0.5.")
+        if self.horizon_days < 7:
+            raise InputError(f"--horizon-days {self.horizon_days} is too short.", "Use at least 7 days.")
+        if not self.candidates:
+            raise InputError("no candidate models given.", f"Choose from {', '.join(DEFAULT_CANDIDATES)}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["cutoff"] = self.cutoff.isoformat() if self.cutoff else None
+        d["candidates"] = list(self.candidates)
+        d["tier_cuts"] = list(self.tier_cuts) if self.tier_cuts else None
+        return d
+
+
+@dataclass
+class TrainResult:
+    """A trained model and the evidence about it."""
+
+    pipeline: Any
+    binner: TierBinner
+    spec: FeatureSpec
+    feature_names: list[str]
+    feature_dtypes: dict[str, str]
+    config: TrainConfig
+    cutoff: dt.date
+    chosen: str
+    cv: pd.DataFrame
+    metrics: dict[str, Any]
+    predictions: pd.DataFrame
+    reference: dict[str, Any]
+    undated: list[str]
+    data_summary: dict[str, Any] = field(default_factory=dict)
+    warnings: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    values: pd.DataFrame | None = None
+    data_fingerprint: str = ""
+
+
+def _ordered_proba(pipeline: Any, X: pd.DataFrame) -> np.ndarray:
+    """Class probabilities in TIERS order, whatever order the classifier learned."""
+    proba = pipeline.predict_proba(X)
+    classes = list(pipeline.classes_)
+    out = np.zeros((len(X), len(TIERS)))
+    for j, tier in enumerate(TIERS):
+        if tier in classes:
+            out[:, j] = proba[:, classes.index(tier)]
+    return out
+
+
+def tiers_from_proba(proba: np.ndarray) -> np.ndarray:
+    """The most probable tier per row (ties go to the lower tier)."""
+    return np.asarray(TIERS, dtype=object)[np.argmax(proba, axis=1)]
+
+
+def rank_tiers(score_train: np.ndarray, score: np.ndarray, shares: dict[str, float]) -> np.ndarray:
+    """Tiers from a continuous score, with cut points that reproduce the training class shares."""
+    lo = np.quantile(score_train, shares["Low"])
+    hi = np.quantile(score_train, 1.0 - shares["High"])
+    out = np.full(len(score), "Medium", dtype=object)
+    out[score < lo] = "Low"
+    out[score >= hi] = "High"
+    if lo == hi:  # many tied scores: rank within the ties instead
+        order = np.argsort(-score, kind="stable")
+        n_high = int(round(shares["High"] * len(score)))
+        n_low = int(round(shares["Low"] * len(score)))
+        out[:] = "Medium"
+        out[order[:n_high]] = "High"
+        if n_low:
+            out[order[len(score) - n_low:]] = "Low"
+    return out
+
+
+def _model_features(fs: FeatureSet, drop_undated: bool) -> list[str]:
+    cols = list(fs.columns)
+    if drop_undated:
+        cols = [c for c in cols if fs.columns[c]["time_bounded"]]
+    return cols
+
+
+def _dataset(data: Any, cfg: TrainConfig, cutoff: dt.date, spec: FeatureSpec | None,
+             binner: TierBinner | None = None) -> tuple[FeatureSet, pd.Series]:
+    fs = build_features(data, cutoff, spec)
+    customers = pd.Index(fs.frame["customer_id"])
+    values = clv.values_for(customers, fs.frame, data, cfg.mode, cfg.target, cutoff, cfg.horizon_days)  # type: ignore[arg-type]
+    return fs, values
+
+
+def resolve_cutoff(data: Any, cfg: TrainConfig) -> dt.date:
+    """The cutoff a run uses: the configured one, or the default for its mode."""
+    if cfg.mode == "snapshot":
+        return data.last_date + dt.timedelta(days=1)
+    cutoff = cfg.cutoff or clv.default_cutoff(data, cfg.horizon_days)
+    clv.check_cutoff(data, cutoff, cfg.horizon_days)
+    return cutoff
+
+
+def train(data: Any, config: TrainConfig | None = None, progress: Progress | None = None) -> TrainResult:
+    """Train and evaluate CLV-tier models on validated data.
+
+    Parameters
+    ----------
+    data : Dataset
+        From :func:`clvtier.validate.load`.
+    config : TrainConfig, optional
+    progress : callable, optional
+        Called with the name of each step as it starts.
+
+    Returns
+    -------
+    TrainResult
+    """
+    cfg = config or TrainConfig()
+    say = progress or (lambda _step: None)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    say("Building features")
+    cutoff = resolve_cutoff(data, cfg)
+    fs, values = _dataset(data, cfg, cutoff, None)
+    feature_names = _model_features(fs, cfg.drop_undated)
+    X = model_input(fs.frame, feature_names)
+    ids = fs.frame["customer_id"].to_numpy()
+    y_value = values.to_numpy(dtype="float64")
+    if len(X) < 4 * cfg.cv_folds:
+        raise InputError(
+            f"only {len(X)} customers are known at the cutoff {cutoff}; too few to train.",
+            "Use more data or an earlier/later --cutoff.",
+        )
+    timings["features"] = time.perf_counter() - t0
+
+    say("Splitting customers")
+    strata = _strata(y_value)
+    idx = np.arange(len(X))
+    tr, te = train_test_split(idx, test_size=cfg.test_size, random_state=cfg.seed, stratify=strata)
+    tr, te = np.sort(tr), np.sort(te)
+    binner = TierBinner(method=cfg.tier_method, cuts=cfg.tier_cuts).fit(y_value[tr])  # type: ignore[arg-type]
+    y = binner.transform(y_value)
+    _check_classes(y[tr], cfg.cv_folds)
+
+    say("Cross-validating candidates")
+    t1 = time.perf_counter()
+    pipes = candidate_pipelines(cfg.candidates, cfg.horizon_days, cfg.seed, btyd=_has_btyd(feature_names))
+    folds = StratifiedKFold(cfg.cv_folds, shuffle=True, random_state=cfg.seed)
+    cv_rows = []
+    for name, pipe in pipes.items():
+        say(f"Cross-validating {name}")
+        res = cross_validate(pipe, X.iloc[tr], y[tr], cv=folds, scoring=METRICS[cfg.metric],
+                             error_score="raise")
+        scores = res["test_score"]
+        cv_rows.append({"model": name, "metric": cfg.metric, "mean": float(np.mean(scores)),
+                        "std": float(np.std(scores)), "folds": [float(s) for s in scores],
+                        "fit_seconds": float(np.mean(res["fit_time"]))})
+    cv = pd.DataFrame(cv_rows)
+    chosen = str(cv.sort_values(["mean", "std"], ascending=[False, True], kind="stable").iloc[0]["model"])
+    timings["cross_validation"] = time.perf_counter() - t1
+
+    say("Evaluating on held-out customers")
+    t2 = time.perf_counter()
+    test_metrics: dict[str, Any] = {}
+    fitted: dict[str, Any] = {}
+    probas: dict[str, np.ndarray] = {}
+    for name, pipe in pipes.items():
+        model = clone(pipe).fit(X.iloc[tr], y[tr])
+        fitted[name] = model
+        proba = _ordered_proba(model, X.iloc[te])
+        probas[name] = proba
+        test_metrics[name] = classification_metrics(y[te], tiers_from_proba(proba), proba, y_value[te])
+    baselines, baseline_scores = _baselines(fs, fitted[chosen], tr, te, y, y_value, binner, cfg)
+    test_metrics.update(baselines)
+    chosen_proba = probas[chosen]
+    chosen_pred = tiers_from_proba(chosen_proba)
+    headline = headline_with_ci(y[te], chosen_pred, chosen_proba, y_value[te], n_boot=cfg.n_boot, seed=cfg.seed)
+    headline_baselines = {
+        name: headline_with_ci(y[te], pred, None if score is None else _score_as_proba(score),
+                               y_value[te], n_boot=cfg.n_boot, seed=cfg.seed)
+        for name, (pred, score) in baseline_scores.items()
+    }
+    timings["evaluation"] = time.perf_counter() - t2
+
+    say("Explaining the chosen model")
+    importance = _permutation_importance(fitted[chosen], X.iloc[te], y[te], cfg)
+    examples = _examples(fitted[chosen], X.iloc[te], chosen_proba, ids[te], y[te], y_value[te], _reference(X.iloc[tr]))
+
+    say("Leakage audit")
+    audit = _leakage_audit(fs, pipes[chosen], X, y, y_value, tr, te, cfg, test_metrics[chosen])
+
+    say("Backtesting at earlier cutoffs")
+    t3 = time.perf_counter()
+    backtest = _backtest(data, cfg, cutoff, fs.spec, chosen, feature_names) if cfg.mode == "predictive" else []
+    timings["backtest"] = time.perf_counter() - t3
+
+    pipeline = fitted[chosen]
+    predictions = pd.DataFrame({
+        "customer_id": ids[te], "actual_value": y_value[te], "actual_tier": y[te],
+        "predicted_tier": chosen_pred, "p_low": chosen_proba[:, 0], "p_medium": chosen_proba[:, 1],
+        "p_high": chosen_proba[:, 2],
+    })
+    for name, (pred, score) in baseline_scores.items():
+        predictions[f"{name}_tier"] = pred
+        if score is not None:
+            predictions[f"{name}_score"] = score
+    shares = {
+        "train": _shares(y[tr]), "test": _shares(y[te]),
+    }
+    metrics = {
+        "mode": cfg.mode,
+        "describes_past_only": cfg.mode == "snapshot",
+        "target": cfg.target,
+        "cutoff": cutoff.isoformat(),
+        "horizon_days": cfg.horizon_days if cfg.mode == "predictive" else None,
+        "n_customers": int(len(X)), "n_train": int(len(tr)), "n_test": int(len(te)),
+        "thresholds": binner.describe(),
+        "class_shares": shares,
+        "selection_metric": cfg.metric,
+        "chosen": chosen,
+        "cv": cv_rows,
+        "test": test_metrics,
+        "headline": headline,
+        "headline_baselines": headline_baselines,
+        "leakage_audit": audit,
+        "backtest": backtest,
+        "value_summary": _value_summary(y_value),
+        "importance": importance,
+        "examples": examples,
+    }
+    reference = _reference(X.iloc[tr])
+    timings["total"] = time.perf_counter() - t0
+    values_frame = pd.DataFrame({"customer_id": ids, "value": y_value, "tier": y,
+                                 "split": np.where(np.isin(idx, te), "test", "train"),
+                                 "past_value": fs.frame["total_spend"].to_numpy()})
+    return TrainResult(
+        pipeline=pipeline, binner=binner, spec=fs.spec, feature_names=feature_names,
+        feature_dtypes={c: str(X[c].dtype) for c in feature_names}, config=cfg, cutoff=cutoff,
+        chosen=chosen, cv=cv, metrics=metrics, predictions=predictions, reference=reference,
+        undated=[c for c in fs.undated if c in feature_names],
+        data_summary=_jsonable(data.summary), warnings=[p.to_dict() for p in data.warnings],
+        timings=timings, values=values_frame, data_fingerprint=frame_fingerprint(fs.frame),
+    )
+
+
+def _has_btyd(features: Sequence[str]) -> bool:
+    return all(c in features for c in ("btyd_frequency", "btyd_recency", "btyd_T", "btyd_monetary"))
+
+
+def _strata(values: np.ndarray) -> np.ndarray:
+    """Coarse value groups for a stratified split: zero, then quartiles of the positive values."""
+    out = np.zeros(len(values), dtype=int)
+    pos = values > 0
+    if pos.sum() >= 8:
+        qs = np.quantile(values[pos], [0.25, 0.5, 0.75])
+        out[pos] = 1 + np.searchsorted(qs, values[pos], side="right")
+    counts = np.bincount(out)
+    if (counts[counts > 0] < 2).any():
+        return (values > np.median(values)).astype(int) if len(np.unique(values)) > 1 else np.zeros(len(values), int)
+    return out
+
+
+def _check_classes(y_train: np.ndarray, folds: int) -> None:
+    counts = pd.Series(y_train).value_counts()
+    small = counts[counts < folds]
+    if len(counts) < 3 or len(small):
+        raise InputError(
+            f"too few training customers in some tiers for {folds}-fold cross-validation "
+            f"(counts: {counts.to_dict()}).",
+            "Use more data, fewer --cv folds, or custom tier cuts.",
+        )
+
+
+def _shares(y: np.ndarray) -> dict[str, float]:
+    s = pd.Series(y).value_counts(normalize=True)
+    return {t: float(s.get(t, 0.0)) for t in TIERS}
+
+
+def _score_as_proba(score: np.ndarray) -> np.ndarray:
+    """A one-column score placed as P(High) so that ranking metrics can use it."""
+    out = np.zeros((len(score), 3))
+    ranks = pd.Series(score).rank(pct=True).to_numpy()
+    out[:, 2] = ranks
+    out[:, 0] = 1 - ranks
+    return out
+
+
+def _baselines(fs: FeatureSet, chosen_model: Any, tr: np.ndarray, te: np.ndarray, y: np.ndarray,
+               y_value: np.ndarray, binner: TierBinner, cfg: TrainConfig
+               ) -> tuple[dict[str, Any], dict[str, tuple[np.ndarray, np.ndarray | None]]]:
+    """Naive rules on the same test customers: majority class, carry-forward, BG/NBD + Gamma-Gamma."""
+    out: dict[str, Any] = {}
+    scores: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+    maj = MajorityBaseline().fit(np.zeros((len(tr), 1)), y[tr])
+    pred = maj.predict(np.zeros((len(te), 1)))
+    out["baseline_majority"] = classification_metrics(y[te], pred, None, y_value[te])
+    scores["baseline_majority"] = (pred, None)
+    past = fs.frame["total_spend"].to_numpy(dtype="float64")
+    try:
+        past_binner = TierBinner(method=cfg.tier_method, cuts=cfg.tier_cuts).fit(past[tr])  # type: ignore[arg-type]
+        pred = carry_forward_tiers(past[te], past_binner)
+    except InputError:
+        pred = rank_tiers(past[tr], past[te], _shares(y[tr]))
+    out["baseline_carry_forward"] = classification_metrics(y[te], pred, _score_as_proba(past[te]), y_value[te])
+    scores["baseline_carry_forward"] = (pred, past[te])
+    btyd = chosen_model.named_steps.get("btyd") if hasattr(chosen_model, "named_steps") else None
+    if btyd is not None and not getattr(btyd, "degenerate_", False):
+        cols = [c for c in ("btyd_frequency", "btyd_recency", "btyd_T", "btyd_monetary")]
+        expected = btyd.transform(fs.frame[cols])["bgnbd_expected_value"].to_numpy(dtype="float64")
+        if cfg.target == "total" or cfg.mode == "snapshot":
+            expected = expected + past
+        pred = rank_tiers(expected[tr], expected[te], _shares(y[tr]))
+        out["baseline_bgnbd_gg"] = classification_metrics(y[te], pred, _score_as_proba(expected[te]), y_value[te])
+        scores["baseline_bgnbd_gg"] = (pred, expected[te])
+    return out, scores
+
+
+def _leakage_audit(fs: FeatureSet, pipe: Any, X: pd.DataFrame, y: np.ndarray, y_value: np.ndarray,
+                   tr: np.ndarray, te: np.ndarray, cfg: TrainConfig, with_all: dict[str, Any]) -> dict[str, Any]:
+    undated = [c for c in fs.undated if c in X.columns]
+    audit: dict[str, Any] = {"undated_features": undated, "mode": cfg.mode}
+    if cfg.mode == "snapshot":
+        audit["note"] = ("Snapshot mode: the label is computed from the same spend that the features "
+                         "contain; these scores describe the past and are not evidence of prediction.")
+    if not undated:
+        audit["note"] = audit.get("note", "All features are time-bounded; nothing to audit.")
+        return audit
+    keep = [c for c in X.columns if c not in undated]
+    model = clone(pipe).fit(X.iloc[tr][keep], y[tr])
+    proba = _ordered_proba(model, X.iloc[te][keep])
+    without = classification_metrics(y[te], tiers_from_proba(proba), proba, y_value[te])
+    keys = ("accuracy", "macro_f1", "high_recall", "high_precision", "revenue_capture_high", "roc_auc_high")
+    audit["with_undated"] = {k: with_all.get(k) for k in keys}
+    audit["without_undated"] = {k: without.get(k) for k in keys}
+    delta = (with_all.get("macro_f1") or 0) - (without.get("macro_f1") or 0)
+    audit["macro_f1_gain_from_undated"] = delta
+    return audit
+
+
+def _backtest(data: Any, cfg: TrainConfig, cutoff: dt.date, spec: FeatureSpec, chosen: str,
+              feature_names: list[str]) -> list[dict[str, Any]]:
+    """Out of time: train at c - H (labels in [c - H, c)), test every customer at c (labels in [c, c + H))."""
+    step = max(30, cfg.horizon_days // 4)
+    rows: list[dict[str, Any]] = []
+    for k in range(1, cfg.backtests + 1):
+        test_cut = cutoff - dt.timedelta(days=step * k)
+        train_cut = test_cut - dt.timedelta(days=cfg.horizon_days)
+        try:
+            clv.check_cutoff(data, train_cut, cfg.horizon_days)
+            clv.check_cutoff(data, test_cut, cfg.horizon_days)
+        except InputError as exc:
+            rows.append({"cutoff": test_cut.isoformat(), "skipped": exc.message})
+            continue
+        fs_tr, v_tr = _dataset(data, cfg, train_cut, spec)
+        fs_te, v_te = _dataset(data, cfg, test_cut, spec)
+        try:
+            binner = TierBinner(method=cfg.tier_method, cuts=cfg.tier_cuts).fit(v_tr.to_numpy())  # type: ignore[arg-type]
+        except InputError as exc:
+            rows.append({"cutoff": test_cut.isoformat(), "skipped": exc.message})
+            continue
+        y_tr = binner.transform(v_tr.to_numpy())
+        y_te = binner.transform(v_te.to_numpy())
+        model = make_pipeline(chosen, cfg.horizon_days, cfg.seed, btyd=_has_btyd(feature_names))
+        model.fit(model_input(fs_tr.frame, feature_names), y_tr)
+        proba = _ordered_proba(model, model_input(fs_te.frame, feature_names))
+        m = classification_metrics(y_te, tiers_from_proba(proba), proba, v_te.to_numpy())
+        past_tr = fs_tr.frame["total_spend"].to_numpy()
+        past_te = fs_te.frame["total_spend"].to_numpy()
+        try:
+            cf = carry_forward_tiers(past_te, TierBinner(method=cfg.tier_method, cuts=cfg.tier_cuts).fit(past_tr))  # type: ignore[arg-type]
+        except InputError:
+            cf = rank_tiers(past_tr, past_te, _shares(y_tr))
+        b = classification_metrics(y_te, cf, _score_as_proba(past_te), v_te.to_numpy())
+        keys = ("accuracy", "macro_f1", "high_recall", "high_precision", "revenue_capture_high", "roc_auc_high")
+        rows.append({
+            "cutoff": test_cut.isoformat(), "train_cutoff": train_cut.isoformat(),
+            "n_customers": int(len(fs_te.frame)), "model": {k: m.get(k) for k in keys},
+            "carry_forward": {k: b.get(k) for k in keys},
+        })
+    return rows
+
+
+def _permutation_importance(model: Any, X: pd.DataFrame, y: np.ndarray, cfg: TrainConfig,
+                            n_repeats: int = 5) -> list[dict[str, Any]]:
+    """Drop in the selection metric when a feature is shuffled across the test customers.
+
+    The BTYD summary columns are shuffled together (with one permutation) so every
+    shuffled row is still a possible customer (recency <= T).
+    """
+    from sklearn.metrics import get_scorer
+
+    from clvtier.predict import explanation_groups
+
+    scorer = get_scorer(METRICS[cfg.metric])
+    base = scorer(model, X, y)
+    rng = np.random.default_rng(cfg.seed)
+    rows = []
+    for label, members in explanation_groups(list(X.columns)):
+        drops = []
+        for _ in range(n_repeats):
+            perm = rng.permutation(len(X))
+            Xp = X.copy()
+            for col in members:
+                Xp[col] = X[col].to_numpy()[perm]
+            drops.append(base - scorer(model, Xp, y))
+        rows.append({"feature": label, "mean": float(np.mean(drops)), "std": float(np.std(drops))})
+    return sorted(rows, key=lambda r: -r["mean"])
+
+
+def _examples(model: Any, X: pd.DataFrame, proba: np.ndarray, ids: np.ndarray, y: np.ndarray,
+              value: np.ndarray, reference: dict[str, Any]) -> list[dict[str, Any]]:
+    """Worked explanations: one confidently predicted test customer per predicted tier."""
+    from clvtier.predict import reasons
+
+    pred = np.argmax(proba, axis=1)
+    picks = []
+    for j in range(len(TIERS)):
+        rows = np.flatnonzero(pred == j)
+        if len(rows):
+            picks.append(int(rows[np.argmax(proba[rows, j])]))
+    if not picks:
+        return []
+    why = reasons(model, X.iloc[picks], proba[picks], reference)
+    out = []
+    for k, i in enumerate(picks):
+        out.append({
+            "customer_id": str(ids[i]), "predicted_tier": TIERS[int(pred[i])], "actual_tier": str(y[i]),
+            "actual_value": float(value[i]), "p": [float(v) for v in proba[i]],
+            "reasons": [{"feature": f, "effect": e, "value": _plain(X.iloc[i][f]) if f in X.columns else None}
+                        for f, e in why[k]],
+        })
+    return out
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, (np.floating, float)):
+        return None if np.isnan(v) else float(v)
+    return None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
+
+
+def _reference(X: pd.DataFrame) -> dict[str, Any]:
+    """Typical values of each feature on the training customers: the baseline for explanations.
+
+    Columns that must stay consistent with each other (the BTYD summary: recency <= T)
+    take their values together from one real training customer, the one closest to
+    the medians, rather than from independent medians.
+    """
+    ref: dict[str, Any] = {}
+    for c in X.columns:
+        if pd.api.types.is_numeric_dtype(X[c]):
+            v = X[c].median()
+            ref[c] = None if pd.isna(v) else float(v)
+        else:
+            mode = X[c].dropna().mode()
+            ref[c] = str(mode.iloc[0]) if len(mode) else None
+    group = [c for c in BTYD_GROUP if c in X.columns]
+    if group:
+        G = X[group].astype("float64")
+        scale = (G.quantile(0.75) - G.quantile(0.25)).replace(0, 1.0)
+        dist = ((G - G.median()) / scale).abs().sum(axis=1)
+        row = G.iloc[int(np.argmin(dist.to_numpy()))]
+        ref.update({c: float(row[c]) for c in group})
+    return ref
+
+
+def _value_summary(values: np.ndarray) -> dict[str, float]:
+    return {"mean": float(np.mean(values)), "zero_share": float(np.mean(values <= 0)),
+            **{f"q{int(q * 100)}": float(np.quantile(values, q)) for q in (0.25, 0.5, 0.75, 0.9, 0.99)},
+            "max": float(np.max(values)), "total": float(np.sum(values))}
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (dt.date, dt.datetime)):
+        return obj.isoformat()
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    return obj
