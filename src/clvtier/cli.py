@@ -36,6 +36,15 @@ err = Console(stderr=True, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+EngineOpt = Annotated[str, typer.Option(help="duckdb (default, one machine) or spark (needs clvtier[spark]).")]
+MasterOpt = Annotated[str, typer.Option(help="Spark master URL, e.g. local[*], spark://host:7077, yarn.")]
+
+
+def _check_engine(engine: str) -> None:
+    if engine not in ("duckdb", "spark"):
+        raise InputError(f"--engine '{engine}' is unknown.", "Use duckdb or spark.")
+
+
 DataArg = Annotated[
     Path,
     typer.Argument(
@@ -166,12 +175,23 @@ def validate(
 def features(
     data: DataArg,
     cutoff: Annotated[str, typer.Option(help="Use events strictly before this date (YYYY-MM-DD).")],
-    out_file: Annotated[Path, typer.Option("--out", help="Output file, .csv or .parquet.")],
+    out_file: Annotated[str, typer.Option("--out", help="Output file, .csv or .parquet (with --engine spark: any Spark path).")],
     as_of: AsOfOpt = None,
+    engine: EngineOpt = "duckdb",
+    master: MasterOpt = "local[*]",
 ) -> None:
     """Write one row of features per customer known at the cutoff."""
     from clvtier.features import write_features
     from clvtier.validate import load
+
+    if engine == "spark":
+        from clvtier.spark import spark_features
+
+        n = spark_features(str(data), _date(cutoff, "--cutoff"), out_file, master=master)
+        out.print(f"Wrote features of {n:,} customers to {out_file} with Spark ({master}).")
+        return
+    _check_engine(engine)
+    out_file = Path(out_file)  # type: ignore[assignment]
 
     with progress("Validating"):
         ds = load(data, as_of=_date(as_of, "--as-of"))
@@ -378,12 +398,22 @@ def predict(
     as_of: Annotated[str | None, typer.Option("--as-of", help="Score as of this date "
                                                               "(default: the day after the last transaction).")] = None,
     no_reasons: Annotated[bool, typer.Option("--no-reasons", help="Skip the per-customer reasons (faster).")] = False,
+    engine: EngineOpt = "duckdb",
+    master: MasterOpt = "local[*]",
 ) -> None:
     """Score every customer known at the as-of date: tier, P(Low/Medium/High), top three reasons."""
     from clvtier.predict import load as load_model
     from clvtier.predict import predict as predict_fn
     from clvtier.predict import write_scores
     from clvtier.validate import load
+
+    if engine == "spark":
+        from clvtier.spark import spark_predict
+
+        n = spark_predict(str(data), model_dir, str(out_file), as_of=_date(as_of, "--as-of"), master=master)
+        out.print(f"Scored {n:,} customers with Spark ({master}); wrote {out_file}.")
+        return
+    _check_engine(engine)
 
     model = load_model(model_dir)
     as_of_date = _date(as_of, "--as-of")
@@ -447,6 +477,24 @@ def demo(
     print_result(result, run_dir)
     out.print(f"Scored {len(scores):,} customers as of {ds.last_date + dt.timedelta(days=1)}: {run_dir}/scores.csv")
     out.print(f"Demo finished in {time.perf_counter() - t0:.0f} s.")
+
+
+@app.command()
+@handle_errors
+def serve(
+    model_dir: Annotated[Path, typer.Option("--model", help="Run directory written by 'clvtier train'.")],
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    api_key: Annotated[str | None, typer.Option("--api-key", envvar="CLVTIER_API_KEY",
+                                                help="Require this key in the X-API-Key header.")] = None,
+) -> None:
+    """Serve the model over HTTP (needs the 'serve' extra: pip install 'clvtier[serve]')."""
+    try:
+        from clvtier.serve import run
+    except ImportError as exc:
+        raise InputError(f"the HTTP service is not installed ({exc.name} is missing).",
+                         "Install it with: pip install 'clvtier[serve]'") from None
+    run(model_dir, host=host, port=port, api_key=api_key)
 
 
 def main() -> None:
