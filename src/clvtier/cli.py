@@ -175,7 +175,9 @@ def validate(
 def features(
     data: DataArg,
     cutoff: Annotated[str, typer.Option(help="Use events strictly before this date (YYYY-MM-DD).")],
-    out_file: Annotated[str, typer.Option("--out", help="Output file, .csv or .parquet (with --engine spark: any Spark path).")],
+    out_file: Annotated[
+        str, typer.Option("--out", help="Output file, .csv or .parquet (with --engine spark: any Spark path).")
+    ],
     as_of: AsOfOpt = None,
     engine: EngineOpt = "duckdb",
     master: MasterOpt = "local[*]",
