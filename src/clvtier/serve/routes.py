@@ -1,0 +1,109 @@
+"""The HTTP routes: ``/healthz``, ``/v1/model`` and ``/v1/score``."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.security import APIKeyHeader
+
+from clvtier.predict import Model
+from clvtier.serve.schemas import ErrorBody, Health, ModelInfo, ScoreRequest, ScoreResponse
+from clvtier.serve.batching import MicroBatcher
+from clvtier.serve.settings import Settings, get_settings
+from clvtier.target import TIERS
+
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
+                               description="Required when the service was started with an API key.")
+
+
+def get_model(request: Request) -> Model:
+    return request.app.state.model
+
+
+def get_batcher(request: Request) -> MicroBatcher:
+    return request.app.state.batcher
+
+
+def require_api_key(
+    settings: Annotated[Settings, Depends(get_settings)],
+    key: Annotated[str | None, Depends(_api_key_header)],
+) -> None:
+    """401 unless the service has no key, or ``X-API-Key`` matches it (compared in constant time)."""
+    if settings.api_key is None:
+        return
+    if key is None or not hmac.compare_digest(key.encode("utf-8"), settings.api_key.encode("utf-8")):
+        raise HTTPException(401, "missing or wrong API key.", headers={"WWW-Authenticate": "APIKey"})
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "Missing or wrong X-API-Key."},
+    500: {"model": ErrorBody, "description": "Internal error (details in the log, under the request id)."},
+}
+
+router = APIRouter()
+v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=_ERRORS)
+
+
+@router.get("/healthz", tags=["service"])
+async def healthz(model: Annotated[Model, Depends(get_model)]) -> Health:
+    """Liveness and readiness: the model is loaded."""
+    return Health(status="ok", model=str(model.metadata.get("chosen_model", "")))
+
+
+@v1.get("/model", tags=["model"])
+async def model_info(model: Annotated[Model, Depends(get_model)]) -> ModelInfo:
+    """The served model: mode, target, cutoff, horizon, tier thresholds, headline metrics, features, versions."""
+    meta = model.metadata
+    return ModelInfo(
+        chosen_model=str(meta.get("chosen_model", "")),
+        mode=str(meta.get("mode", "")),
+        target=str(meta.get("target", "")),
+        cutoff=str(meta.get("cutoff", "")),
+        horizon_days=int(meta.get("horizon_days", 0)),
+        created=meta.get("created"),
+        thresholds=dict(meta.get("thresholds", {})),
+        headline=dict(meta.get("headline", {})),
+        feature_names=list(model.feature_names),
+        feature_spec={k: list(v) for k, v in meta.get("feature_spec", {}).items()},
+        not_time_bounded=list(meta.get("not_time_bounded", [])),
+        versions={k: str(v) for k, v in meta.get("versions", {}).items()},
+        tiers=list(TIERS),
+    )
+
+
+@v1.post(
+    "/score",
+    tags=["model"],
+    response_model=ScoreResponse,
+    responses={
+        413: {"model": ErrorBody, "description": "Body, batch or a customer's records over the limits."},
+        422: {"model": ErrorBody, "description": "Invalid payload: every problem with its field path."},
+    },
+)
+async def score(
+    body: ScoreRequest,
+    model: Annotated[Model, Depends(get_model)],
+    settings: Annotated[Settings, Depends(get_settings)],
+    batcher: Annotated[MicroBatcher, Depends(get_batcher)],
+    reasons: Annotated[bool, Query(description="Compute the top three reasons per customer "
+                                               "(one extra prediction per feature group).")] = True,
+) -> dict[str, Any]:
+    """Tier, P(Low/Medium/High) and top reasons for each customer, in request order.
+
+    Features are built from the records with the same definition as ``clvtier predict``
+    (events strictly before ``as_of``), so the scores equal the batch scores. Every
+    customer in the request is scored, including one without any event before ``as_of``.
+    """
+    if len(body.customers) > settings.max_customers:
+        raise HTTPException(413, f"{len(body.customers):,} customers in one request; "
+                                 f"the limit is {settings.max_customers:,}.")
+    for i, c in enumerate(body.customers):
+        n = len(c.transactions) + len(c.offers)
+        if n > settings.max_records_per_customer:
+            raise HTTPException(413, f"customers[{i}] has {n:,} transactions and offers; "
+                                     f"the limit is {settings.max_records_per_customer:,} per customer.")
+    scores = await batcher.score(body.customers, body.as_of, reasons)
+    # A plain dict: FastAPI validates it against ScoreResponse and serialises it in pydantic-core.
+    return {"model": str(model.metadata.get("chosen_model", "")), "as_of": body.as_of, "scores": scores}

@@ -1,0 +1,415 @@
+"""The HTML report: sections, numbers, escaping, self-containment, and the plot functions."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from clvtier import plotting, report
+from clvtier.errors import InputError
+from clvtier.evaluate import gains_curve, reliability_curve
+from clvtier.target import TIERS
+
+HOSTILE_ID = "<script>alert(1)</script>"
+HOSTILE_TAG = '<img src=x onerror="alert(2)">'
+QUOTES = "O'Brien \"quoted\" & <b>bold</b>"
+NON_ASCII = "Zoë Çelik 顧客 🚀"
+LONG = "x" * 600
+MATH = "$\\frac{1}{$ spend"
+
+SECTIONS = ["summary", "data", "target", "comparison", "chosen", "business", "calibration", "drivers",
+            "stability", "leakage", "reproducibility"]
+
+
+def make_run(out: Path, n_customers: int = 1500, **config) -> Path:
+    """Generate data, train a small, fast configuration and write the run directory."""
+    from clvtier.generate import generate
+    from clvtier.persist import write_run
+    from clvtier.train import TrainConfig, train
+    from clvtier.validate import load
+
+    generate(n_customers, seed=3, out=out / "data")
+    cfg = TrainConfig(**{"candidates": ("logreg", "naive_bayes"), "cv_folds": 3, "n_boot": 50,
+                         "backtests": 1, **config})
+    result = train(load(out / "data"), cfg)
+    return write_run(result, out / "run", command="clvtier train data --out run --cv 3")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_run(tmp_path_factory.mktemp("report"))
+
+
+@pytest.fixture(scope="module")
+def html(run_dir: Path) -> str:
+    return report.write_report(run_dir).read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def text_of(html: str) -> str:
+    """The visible text, entities decoded and spaces normalised (non-breaking spaces included)."""
+
+    class Text(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__(convert_charrefs=True)
+            self.parts: list[str] = []
+            self.skip = 0
+
+        def handle_starttag(self, tag, attrs):
+            self.skip += tag in ("style", "svg")
+
+        def handle_endtag(self, tag):
+            self.skip -= tag in ("style", "svg")
+
+        def handle_data(self, data):
+            if not self.skip:
+                self.parts.append(data)
+
+    p = Text()
+    p.feed(html)
+    return re.sub(r"\s+", " ", " ".join(p.parts).replace("\u00a0", " "))
+
+
+class Tags(HTMLParser):
+    """Every start tag and its attributes, as a browser's parser would see them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, list[tuple[str, str | None]]]] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, attrs))
+
+
+def tags_of(html: str) -> list[tuple[str, list[tuple[str, str | None]]]]:
+    p = Tags()
+    p.feed(html)
+    return p.tags
+
+
+# Independent of report.py's formatters on purpose: these are the formats the report promises.
+def pct(v: float) -> str:
+    return f"{100 * v:.1f} %"
+
+
+def formatted(key: str, v: float) -> str:
+    if key in ("revenue_capture_high", "high_precision", "high_recall", "accuracy"):
+        return pct(v)
+    if key == "lift_top25":
+        return f"{v:.2f}×"
+    return f"{v:.3f}"
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+def test_write_report_writes_one_file_atomically(run_dir: Path, html: str) -> None:
+    path = run_dir / "report.html"
+    assert path.is_file()
+    assert html.startswith("<!DOCTYPE html>")
+    assert not list(run_dir.glob(".report.html.*"))  # no temporary file left behind
+    assert path.stat().st_mode & 0o044  # readable by others, unlike mkstemp's default
+
+
+@pytest.mark.parametrize("section", SECTIONS)
+def test_every_section_is_present_with_a_reading(html: str, section: str) -> None:
+    match = re.search(rf'<section id="{section}">(.*?)</section>', html, flags=re.S)
+    assert match, section
+    reading = re.search(r'<p class="reading[^"]*">(.*?)</p>', match.group(1), flags=re.S)
+    assert reading and len(reading.group(1).split()) >= 8, f"{section} has no plain-language reading"
+
+
+def test_headline_numbers_and_intervals_are_in_the_text(html: str, metrics: dict) -> None:
+    text = text_of(html)
+    for key, entry in metrics["headline"].items():
+        assert formatted(key, entry["value"]) in text, key
+        if entry["lo"] is not None:
+            assert f"{formatted(key, entry['lo'])} – {formatted(key, entry['hi'])}" in text, key
+    for name, head in metrics["headline_baselines"].items():
+        for key in ("macro_f1", "revenue_capture_high"):
+            assert formatted(key, head[key]["value"]) in text, (name, key)
+
+
+def test_summary_says_what_the_high_tier_is_worth(html: str, metrics: dict) -> None:
+    text = text_of(html)
+    cap = metrics["headline"]["revenue_capture_high"]
+    cf = metrics["headline_baselines"]["baseline_carry_forward"]["revenue_capture_high"]["value"]
+    assert (f"Customers predicted High hold {pct(cap['value'])} of next-year revenue "
+            f"(95 % CI {pct(cap['lo'])} – {pct(cap['hi'])}); the carry-forward rule's High customers hold "
+            f"{pct(cf)}.") in text
+    assert f"Chosen model {metrics['chosen']}" in text
+
+
+def test_business_view_uses_the_evaluate_functions(html: str, run_dir: Path) -> None:
+    from clvtier.evaluate import capture_at, lift_at
+
+    p = pd.read_csv(run_dir / "test_predictions.csv")
+    text = text_of(html)
+    for col in ("p_high", "baseline_carry_forward_score"):
+        for top in (0.10, 0.25):
+            assert pct(capture_at(p[col], p["actual_value"], top)) in text
+            assert f"{lift_at(p[col], p['actual_value'], top):.2f}×" in text
+
+
+def test_numbers_of_the_other_sections(html: str, metrics: dict) -> None:
+    text = text_of(html)
+    chosen = metrics["test"][metrics["chosen"]]
+    for tier in TIERS:
+        assert pct(chosen["per_class"][tier]["recall"]) in text
+    for row in metrics["cv"]:
+        assert f"{row['mean']:.3f}" in text
+    for row in metrics["importance"][:3]:
+        assert row["feature"] in text
+    for bt in metrics["backtest"]:
+        assert bt["cutoff"] in text and f"{bt['model']['macro_f1']:.3f}" in text
+    audit = metrics["leakage_audit"]
+    assert f"{audit['without_undated']['macro_f1']:.3f}" in text
+    for ex in metrics["examples"]:
+        assert f"Customer {ex['customer_id']}" in text
+    assert metrics["cutoff"] in text
+
+
+def test_reproducibility_lists_versions_seed_fingerprint_command(html: str, run_dir: Path) -> None:
+    meta = json.loads((run_dir / "metadata.json").read_text())
+    text = text_of(html)
+    for lib, version in meta["versions"].items():
+        assert f"{lib} {version}" in text
+    for value in (meta["data_fingerprint"], meta["command"], meta["model_sha256"], str(meta["seed"])):
+        assert value in text
+
+
+def test_every_figure_is_inline_svg(html: str) -> None:
+    names = re.findall(r'<figure id="fig-([a-z-]+)">\s*<svg class="plot"', html)
+    assert names == ["value-distribution", "class-shares", "cv-scores", "confusion", "gains", "reliability",
+                     "importance", "backtest"]
+    assert "<?xml" not in html and "<!DOCTYPE svg" not in html
+    ids = re.findall(r'\sid="([^"]+)"', html)
+    assert len(ids) == len(set(ids)), "element ids (clip paths included) must be unique in the page"
+
+
+def test_the_report_is_self_contained(html: str) -> None:
+    for tag, attrs in tags_of(html):
+        assert tag not in ("script", "link", "iframe", "object", "embed", "img"), tag
+        for name, value in attrs:
+            if name in ("src", "href", "xlink:href", "action", "srcset"):
+                assert (value or "").startswith(("#", "data:")), (tag, name, value)
+    assert not re.search(r"(src|href)\s*=\s*[\"']?\s*(https?:)?//", html)
+    assert "@import" not in html and "@font-face" not in html
+    assert not re.search(r"url\(\s*[\"']?(?!#)", html), "only same-document url(#id) references"
+
+
+def test_tier_colours_are_defined_once_and_used_in_page_and_plots(html: str) -> None:
+    assert list(plotting.TIER_COLORS) == list(TIERS)
+    for tier, colour in plotting.TIER_COLORS.items():
+        assert f"--tier-{tier.lower()}: {colour};" in html
+    ax = plotting.plot_value_distribution(np.array([0.0, 5, 50, 500, 5000]), 1.0, 100.0)
+    handles, labels = ax.get_legend_handles_labels()
+    from matplotlib.colors import to_hex
+
+    assert {lab: to_hex(h.patches[0].get_facecolor()) for h, lab in zip(handles, labels, strict=True)} == {
+        t: c.lower() for t, c in plotting.TIER_COLORS.items()}
+
+
+def test_print_styles_and_laptop_layout(html: str) -> None:
+    assert "@media print" in html
+    assert 'name="viewport"' in html
+    assert "max-width: 1120px" in html
+
+
+def test_predictive_report_has_no_snapshot_warning(html: str) -> None:
+    assert 'id="snapshot-warning"' not in html
+
+
+# ----------------------------------------------------------------------------- variants of the run
+
+
+@pytest.fixture
+def copy_of(run_dir: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "run"
+    shutil.copytree(run_dir, target)
+    (target / "report.html").unlink(missing_ok=True)
+    return target
+
+
+def _edit_json(path: Path, edit) -> None:
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+def test_hostile_values_are_shown_as_text(copy_of: Path) -> None:
+    preds = pd.read_csv(copy_of / "test_predictions.csv", dtype={"customer_id": str})
+    preds.loc[0, "customer_id"] = HOSTILE_ID
+    preds.to_csv(copy_of / "test_predictions.csv", index=False)
+
+    def edit_metrics(m: dict) -> None:
+        m["examples"][0]["customer_id"] = HOSTILE_ID
+        m["examples"][1]["customer_id"] = LONG
+        m["examples"][0]["reasons"][0]["feature"] = HOSTILE_TAG
+        m["examples"][0]["reasons"][1]["value"] = NON_ASCII
+        m["importance"][0]["feature"] = HOSTILE_ID
+        m["importance"][1]["feature"] = MATH
+        m["importance"][2]["feature"] = LONG
+        m["cv"][0]["model"] = QUOTES
+        m["leakage_audit"]["undated_features"].append(HOSTILE_TAG)
+        m["warnings"].append({"severity": "warning", "table": QUOTES, "column": HOSTILE_TAG,
+                              "message": f"{HOSTILE_ID} {NON_ASCII} {LONG}", "fix": QUOTES, "count": 3})
+
+    _edit_json(copy_of / "metrics.json", edit_metrics)
+    _edit_json(copy_of / "metadata.json", lambda m: m.update(command=f"clvtier train {HOSTILE_ID} {NON_ASCII}"))
+
+    html = report.write_report(copy_of).read_text(encoding="utf-8")
+
+    assert HOSTILE_ID not in html and "<img" not in html and "<b>bold" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert NON_ASCII in html and LONG in html
+    for tag, attrs in tags_of(html):
+        assert tag not in ("script", "img", "b"), tag
+        assert not [name for name, _ in attrs if name.startswith("on")], (tag, attrs)
+    text = text_of(html)
+    assert f"Customer {HOSTILE_ID}" in text  # shown literally, as text
+    assert QUOTES in text and f"clvtier train {HOSTILE_ID} {NON_ASCII}" in text
+    assert MATH in text  # '$' is text in the table, and did not break matplotlib's mathtext
+
+
+def test_snapshot_mode_warns_at_the_top_and_in_the_summary(copy_of: Path) -> None:
+    def to_snapshot(m: dict) -> None:
+        m.update(mode="snapshot", describes_past_only=True, target="total_spend", horizon_days=None, backtest=[])
+        m["leakage_audit"]["note"] = "Snapshot mode: the label is computed from the same spend."
+
+    _edit_json(copy_of / "metrics.json", to_snapshot)
+    html = report.render_report(copy_of)
+    banner = html.index('id="snapshot-warning"')
+    assert banner < html.index('<section id="summary">')
+    assert "these numbers describe the past, they do not predict" in html[banner:banner + 400]
+    summary = re.search(r'<section id="summary">(.*?)</section>', html, flags=re.S).group(1)
+    assert "Snapshot mode: these numbers describe the past" in text_of(summary)
+    assert "of total spend" in text_of(summary)
+    stability = re.search(r'<section id="stability">(.*?)</section>', html, flags=re.S).group(1)
+    assert "snapshot mode has neither" in stability and "<svg" not in stability
+
+
+def test_a_run_without_optional_files_still_renders(copy_of: Path) -> None:
+    (copy_of / "values.csv").unlink()
+    (copy_of / "test_predictions.csv").unlink()
+    _edit_json(copy_of / "metrics.json", lambda m: m.update(backtest=[], examples=[], importance=[]))
+    text = text_of(report.render_report(copy_of))
+    assert "no test predictions" in text and "no feature importance" in text
+
+
+def test_not_a_run_directory(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="does not exist"):
+        report.write_report(tmp_path)
+    with pytest.raises(InputError, match="not a directory"):
+        report.write_report(tmp_path / "missing")
+
+
+def test_cli_report_command(run_dir: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from clvtier.cli import app
+
+    target = tmp_path / "run"
+    shutil.copytree(run_dir, target)
+    (target / "report.html").unlink()
+    result = CliRunner().invoke(app, ["report", str(target)])
+    assert result.exit_code == 0, result.output
+    assert (target / "report.html").is_file()
+
+
+# ----------------------------------------------------------------------------- formatting
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "shown"),
+    [("revenue_capture_high", 0.6123, "61.2\u00a0%"), ("macro_f1", 0.61234, "0.612"), ("lift_top25", 2.314, "2.31×"),
+     ("accuracy", None, "–"), ("spearman", float("nan"), "–")],
+    ids=["share", "score", "lift", "none", "nan"],
+)
+def test_fmt_metric(key: str, value: float | None, shown: str) -> None:
+    assert report.fmt_metric(key, value) == shown
+
+
+# ----------------------------------------------------------------------------- plot functions
+
+
+def _curve() -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    return gains_curve(rng.random(50), rng.random(50) * 10)
+
+
+PLOTS = {
+    "value_distribution": lambda ax: plotting.plot_value_distribution(
+        np.array([0.0, 0, 3, 40, 500, 6000, -20]), 1.0, 100.0, ax=ax),
+    "class_shares": lambda ax: plotting.plot_class_shares(
+        {"train": {"Low": 0.25, "Medium": 0.5, "High": 0.25}, "test": {"Low": 0.3, "Medium": 0.4, "High": 0.3}},
+        ax=ax),
+    "cv_scores": lambda ax: plotting.plot_cv_scores(
+        [{"model": "a", "mean": 0.6, "std": 0.02, "folds": [0.58, 0.6, 0.62]},
+         {"model": "b", "mean": 0.5, "std": 0.01, "folds": [0.49, 0.5, 0.51]}], chosen="a", ax=ax),
+    "confusion": lambda ax: plotting.plot_confusion([[5, 1, 0], [1, 4, 2], [0, 1, 6]], ax=ax),
+    "confusion_normalized": lambda ax: plotting.plot_confusion([[5, 1, 0], [0, 0, 0], [0, 1, 6]], normalize=True,
+                                                               ax=ax),
+    "gains": lambda ax: plotting.plot_gains({"model": _curve()}, ax=ax),
+    "reliability": lambda ax: plotting.plot_reliability(
+        reliability_curve([0.1, 0.2, 0.7, 0.9], [0, 1, 1, 1], n_bins=5), ax=ax),
+    "importance": lambda ax: plotting.plot_importance(
+        [{"feature": "f1", "mean": 0.1, "std": 0.01}, {"feature": "f2", "mean": -0.01, "std": 0.02}], ax=ax),
+    "backtest": lambda ax: plotting.plot_backtest(["2023-01-01", "2023-04-01"], {"m": [0.6, None], "c": [0.4, 0.5]},
+                                                  ylim=(0, 1), ax=ax),
+}
+
+
+@pytest.mark.parametrize("name", list(PLOTS), ids=list(PLOTS))
+def test_plot_functions_take_ax_and_return_it(name: str) -> None:
+    draw = PLOTS[name]
+    own = draw(None)
+    assert isinstance(own, Axes) and isinstance(own.get_figure(), Figure)
+    ax = Figure().subplots()
+    assert draw(ax) is ax
+    assert ax.get_xlabel() or ax.get_ylabel() or ax.get_title()
+
+
+def test_plot_axes_have_units() -> None:
+    ax = PLOTS["gains"](None)
+    assert "(%)" in ax.get_xlabel() and "(%)" in ax.get_ylabel()
+    ax = PLOTS["value_distribution"](None)
+    assert "currency units" in ax.get_xlabel() and "count" in ax.get_ylabel()
+
+
+def test_plotting_does_not_touch_pyplot() -> None:
+    import sys
+
+    import matplotlib
+
+    backend = matplotlib.get_backend() if "matplotlib.pyplot" in sys.modules else None
+    for draw in PLOTS.values():
+        draw(None)
+    if backend is None:
+        assert "matplotlib.pyplot" not in sys.modules
+    else:
+        assert matplotlib.get_backend() == backend
+
+
+def test_malicious_label_is_escaped_in_svg() -> None:
+    ax = plotting.plot_importance([{"feature": HOSTILE_ID, "mean": 0.1, "std": 0.0},
+                                   {"feature": "--><script>alert(3)</script><!--", "mean": 0.05, "std": 0.0}])
+    ax.set_title(HOSTILE_TAG)
+    svg = str(report._svg(ax, "hostile"))
+    assert svg.startswith("<svg ")
+    assert "<script" not in svg and "<img" not in svg
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in svg
+    assert all(tag not in ("script", "img") for tag, _ in tags_of(svg))

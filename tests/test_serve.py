@@ -1,0 +1,475 @@
+"""The scoring service through TestClient: every endpoint and error, equality with batch predict, OpenAPI snapshot.
+
+A small model is trained once per session (see :func:`small_run`); the HTTP and
+fuzz tests reuse it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+
+from clvtier.errors import InputError, ModelError
+from clvtier.predict import Model, load, predict
+from clvtier.serve import Settings, create_app, get_settings
+from clvtier.serve.logs import JsonFormatter
+from clvtier.serve.routes import get_batcher
+from clvtier.serve.schemas import EXAMPLE_REQUEST
+from clvtier.validate import Dataset
+
+SNAPSHOT = Path(__file__).parent / "snapshots" / "openapi.json"
+TIERS = ("Low", "Medium", "High")
+
+
+# -- the model ----------------------------------------------------------------------------------
+def small_run(base: Path) -> tuple[Path, Path]:
+    """Generate ~800 customers and train a small logistic model under ``base`` once; (data_dir, run_dir)."""
+    data_dir, run_dir = base / "data", base / "run"
+    if (run_dir / "metadata.json").is_file():
+        return data_dir, run_dir
+    from clvtier.generate import generate
+    from clvtier.persist import write_run
+    from clvtier.train import TrainConfig, train
+    from clvtier.validate import load as load_data
+
+    generate(800, seed=11, out=data_dir)
+    result = train(load_data(data_dir), TrainConfig(candidates=("logreg",), cv_folds=3, n_boot=20, backtests=0))
+    write_run(result, run_dir)
+    return data_dir, run_dir
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return small_run(tmp_path_factory.getbasetemp() / "serve-model")
+
+
+@pytest.fixture(scope="module")
+def model(trained: tuple[Path, Path]) -> Model:
+    return load(trained[1])
+
+
+@pytest.fixture(scope="module")
+def dataset(trained: tuple[Path, Path]) -> Dataset:
+    from clvtier.validate import load as load_data
+
+    return load_data(trained[0])
+
+
+@pytest.fixture(scope="module")
+def client(trained: tuple[Path, Path]) -> Iterator[TestClient]:
+    with TestClient(create_app(Settings(model_dir=trained[1]))) as c:
+        yield c
+
+
+@pytest.fixture
+def settings_override(client: TestClient, trained: tuple[Path, Path]) -> Iterator[Any]:
+    """Call with Settings fields to inject other settings into the routes for one test."""
+
+    def override(**fields: Any) -> None:
+        client.app.dependency_overrides[get_settings] = lambda: Settings(model_dir=trained[1], **fields)
+
+    yield override
+    client.app.dependency_overrides.clear()
+
+
+# -- request building ---------------------------------------------------------------------------
+def _iso(value: Any) -> str | None:
+    return None if value is None or pd.isna(value) else pd.Timestamp(value).date().isoformat()
+
+
+def _num(value: Any) -> float | None:
+    return None if value is None or pd.isna(value) else float(value)
+
+
+def _txt(value: Any) -> str | None:
+    return None if value is None or pd.isna(value) else str(value)
+
+
+def records(ds: Dataset) -> dict[str, dict[str, Any]]:
+    """Every customer of a validated data set as a scoring-request customer, keyed by customer_id."""
+    frames = {name: ds.con.execute(table) for name, table in ds.tables.items()}
+    out: dict[str, dict[str, Any]] = {}
+
+    def customer(cid: Any) -> dict[str, Any]:
+        cid = str(cid)
+        return out.setdefault(cid, {"customer_id": cid, "transactions": [], "offers": []})
+
+    for r in frames.get("customers", pd.DataFrame()).itertuples(index=False):
+        customer(r.customer_id)["profile"] = {
+            "join_date": _iso(r.join_date), "age": _num(r.age), "gender": _txt(r.gender), "location": _txt(r.location)
+        }
+    for r in frames["transactions"].itertuples(index=False):
+        customer(r.customer_id)["transactions"].append({
+            "date": _iso(r.transaction_date), "amount": float(r.transaction_amount),
+            "category": _txt(r.product_category), "id": _txt(r.transaction_id),
+        })
+    for r in frames.get("engagements", pd.DataFrame()).itertuples(index=False):
+        customer(r.customer_id)["engagement"] = {
+            "site_visits": float(r.number_of_site_visits), "emails_opened": float(r.number_of_emails_opened),
+            "clicks": float(r.number_of_clicks),
+        }
+    for r in frames.get("marketing", pd.DataFrame()).itertuples(index=False):
+        customer(r.customer_id)["offers"].append({
+            "date": _iso(r.campaign_date), "response": r.response, "promotion_type": r.promotion_type,
+            "id": _txt(r.campaign_id),
+        })
+    return out
+
+
+def one(customer_id: str = "A1", **fields: Any) -> dict[str, Any]:
+    return {"customer_id": customer_id, **fields}
+
+
+def post(client: TestClient, customers: list[dict[str, Any]], as_of: str = "2024-01-01",
+         **kwargs: Any) -> Any:
+    return client.post("/v1/score", json={"as_of": as_of, "customers": customers}, **kwargs)
+
+
+def assert_no_leak(response: Any) -> None:
+    text = response.text
+    for marker in ("Traceback", "/work/", "/tmp/", "site-packages", 'File "', ".py"):
+        assert marker not in text, f"{marker!r} leaked: {text[:300]}"
+
+
+# -- endpoints ----------------------------------------------------------------------------------
+def test_healthz(client: TestClient) -> None:
+    r = client.get("/healthz")
+    assert r.status_code == 200
+    assert r.json() == {"status": "ok", "model": "logreg"}
+    assert len(r.headers["X-Request-ID"]) == 32
+
+
+@pytest.mark.parametrize(("given", "echoed"), [("abc-123", True), ("bad id\u00e9;", False), ("x" * 129, False)],
+                         ids=["safe", "unsafe", "too-long"])
+def test_request_id_echoed_or_generated(client: TestClient, given: str, echoed: bool) -> None:
+    r = client.get("/healthz", headers={"X-Request-ID": given.encode("utf-8")})  # type: ignore[dict-item]
+    assert (r.headers["X-Request-ID"] == given) is echoed
+
+
+def test_model_metadata(client: TestClient, model: Model) -> None:
+    r = client.get("/v1/model")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["feature_names"] == model.feature_names
+    assert body["chosen_model"] == "logreg"
+    assert body["cutoff"] == model.metadata["cutoff"]
+    assert body["horizon_days"] == model.metadata["horizon_days"]
+    assert body["thresholds"] == model.metadata["thresholds"]
+    assert body["headline"] == model.metadata["headline"]
+    assert body["tiers"] == list(TIERS)
+    assert body["versions"]["scikit-learn"]
+
+
+def test_score_in_request_order_with_reasons(client: TestClient) -> None:
+    customers = [
+        one("b", transactions=[{"date": "2023-06-01", "amount": 50.0}]),
+        one("a", profile={"join_date": "2022-01-01", "age": 30, "gender": "Female", "location": "Paris"},
+            transactions=[{"date": "2023-12-01", "amount": 900.0, "category": "Electronics"}] * 3),
+        one("c"),  # no records at all: still scored
+        one("0", profile={"join_date": "2025-01-01"}),  # joins after as_of: still scored
+    ]
+    r = post(client, customers)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == "logreg" and body["as_of"] == "2024-01-01"
+    assert [s["customer_id"] for s in body["scores"]] == ["b", "a", "c", "0"]
+    for s in body["scores"]:
+        p = s["probabilities"]
+        assert s["tier"] == max(TIERS, key=lambda t: p[t])
+        assert math.isclose(sum(p.values()), 1.0, abs_tol=1e-9)
+        assert len(s["reasons"]) == 3
+        assert all(set(x) == {"feature", "effect"} for x in s["reasons"])
+
+
+def test_score_without_reasons(client: TestClient) -> None:
+    r = client.post("/v1/score?reasons=false", json={"as_of": "2024-01-01", "customers": [one()]})
+    assert r.status_code == 200
+    assert r.json()["scores"][0]["reasons"] == []
+
+
+def test_openapi_example_is_accepted(client: TestClient) -> None:
+    r = client.post("/v1/score", json=EXAMPLE_REQUEST)
+    assert r.status_code == 200, r.text
+    assert [s["customer_id"] for s in r.json()["scores"]] == ["C-1001", "C-1002"]
+
+
+def test_text_is_normalised_as_validation_does(client: TestClient) -> None:
+    base = {"date": "2023-06-01", "amount": 50.0}
+    plain = post(client, [one(transactions=[{**base, "category": "Electronics"}],
+                              offers=[{"date": "2023-05-01", "response": "Yes", "promotion_type": "Discount"}])])
+    padded = post(client, [one(transactions=[{**base, "category": "  Electronics "}],
+                               offers=[{"date": "2023-05-01", "response": "Yes", "promotion_type": " Discount "}])])
+    assert plain.json()["scores"] == padded.json()["scores"]
+
+
+# -- equality with batch predict ----------------------------------------------------------------
+@pytest.mark.parametrize("when", ["after-last-date", "training-cutoff"])
+def test_scores_equal_batch_predict(client: TestClient, model: Model, dataset: Dataset, when: str) -> None:
+    as_of = dataset.last_date + dt.timedelta(days=1) if when == "after-last-date" else \
+        dt.date.fromisoformat(model.metadata["cutoff"])
+    batch = predict(model, dataset, as_of).set_index("customer_id")
+    customers = list(records(dataset).values())
+    r = client.post("/v1/score", json={"as_of": as_of.isoformat(), "customers": customers})
+    assert r.status_code == 200, r.text
+    served = r.json()["scores"]
+    assert [s["customer_id"] for s in served] == [c["customer_id"] for c in customers]
+    by_id = {s["customer_id"]: s for s in served}
+    assert set(batch.index) <= set(by_id)  # every customer predict knows, and the others too
+    if when == "training-cutoff":
+        assert len(by_id) > len(batch)  # some customers join later: scored by the service all the same
+    worst = 0.0
+    for cid, row in batch.iterrows():
+        s = by_id[cid]
+        assert s["tier"] == row["tier"], cid
+        got = np.array([s["probabilities"][t] for t in TIERS])
+        want = row[["p_low", "p_medium", "p_high"]].to_numpy(dtype=float)
+        worst = max(worst, float(np.abs(got - want).max()))
+        assert [x["feature"] for x in s["reasons"]] == [row[f"reason_{k}"] for k in (1, 2, 3)], cid
+        effects = np.array([x["effect"] for x in s["reasons"]])
+        assert np.abs(effects - row[[f"reason_{k}_effect" for k in (1, 2, 3)]].to_numpy(dtype=float)).max() <= 1e-12
+    assert worst <= 1e-12
+
+
+def test_single_customer_requests_equal_batch_predict(client: TestClient, model: Model, dataset: Dataset) -> None:
+    as_of = dataset.last_date + dt.timedelta(days=1)
+    batch = predict(model, dataset, as_of, with_reasons=False).set_index("customer_id")
+    everyone = records(dataset)
+    for cid in list(batch.index[:: max(1, len(batch) // 6)]):
+        r = client.post("/v1/score?reasons=false", json={"as_of": as_of.isoformat(), "customers": [everyone[cid]]})
+        s = r.json()["scores"][0]
+        assert s["tier"] == batch.loc[cid, "tier"]
+        got = [s["probabilities"][t] for t in TIERS]
+        assert np.abs(np.array(got) - batch.loc[cid, ["p_low", "p_medium", "p_high"]].to_numpy(float)).max() <= 1e-12
+
+
+# -- errors -------------------------------------------------------------------------------------
+def test_api_key(client: TestClient, settings_override: Any) -> None:
+    settings_override(api_key="s3cret-key")
+    body = {"as_of": "2024-01-01", "customers": [one()]}
+    assert client.post("/v1/score", json=body).status_code == 401
+    r = client.post("/v1/score", json=body, headers={"X-API-Key": "wrong"})
+    assert r.status_code == 401
+    assert r.json()["detail"] == "missing or wrong API key."
+    assert r.json()["request_id"] == r.headers["X-Request-ID"]
+    assert client.get("/v1/model").status_code == 401
+    assert client.post("/v1/score", json=body, headers={"X-API-Key": "s3cret-key"}).status_code == 200
+    assert client.get("/v1/model", headers={"X-API-Key": "s3cret-key"}).status_code == 200
+    assert client.get("/healthz").status_code == 200  # liveness needs no key
+
+
+def test_batch_over_the_limit_is_413(client: TestClient) -> None:
+    customers = [{"customer_id": str(i)} for i in range(10_001)]
+    r = post(client, customers)
+    assert r.status_code == 413
+    assert "10,001 customers" in r.json()["detail"]
+
+
+def test_batch_limit_comes_from_settings(client: TestClient, settings_override: Any) -> None:
+    settings_override(max_customers=2)
+    assert post(client, [one("a"), one("b")]).status_code == 200
+    assert post(client, [one("a"), one("b"), one("c")]).status_code == 413
+
+
+def test_records_per_customer_over_the_limit_is_413(client: TestClient, settings_override: Any) -> None:
+    settings_override(max_records_per_customer=3)
+    tx = {"date": "2023-01-01", "amount": 1.0}
+    offer = {"date": "2023-01-01", "response": "No", "promotion_type": "Discount"}
+    assert post(client, [one(transactions=[tx] * 2, offers=[offer])]).status_code == 200
+    r = post(client, [one("ok"), one(transactions=[tx] * 2, offers=[offer] * 2)])
+    assert r.status_code == 413
+    assert r.json()["detail"].startswith("customers[1] has 4 transactions and offers")
+
+
+@pytest.fixture(scope="module")
+def small_body_client(trained: tuple[Path, Path]) -> Iterator[TestClient]:
+    with TestClient(create_app(Settings(model_dir=trained[1], max_body_bytes=2048))) as c:
+        yield c
+
+
+def test_body_over_the_limit_is_413(small_body_client: TestClient) -> None:
+    small = {"as_of": "2024-01-01", "customers": [one()]}
+    assert small_body_client.post("/v1/score", json=small).status_code == 200
+    big = {"as_of": "2024-01-01", "customers": [one(str(i)) for i in range(200)]}
+    r = small_body_client.post("/v1/score", json=big)
+    assert r.status_code == 413
+    assert r.json()["request_id"] == r.headers["X-Request-ID"]
+
+
+def test_streamed_body_over_the_limit_is_413(small_body_client: TestClient) -> None:
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the size is only known while reading
+        yield b'{"as_of": "2024-01-01", "customers": ['
+        for i in range(200):
+            yield json.dumps(one(str(i))).encode() + b","
+        yield b'{"customer_id": "last"}]}'
+
+    r = small_body_client.post("/v1/score", content=chunks(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_invalid_content_length_is_413(small_body_client: TestClient) -> None:
+    r = small_body_client.post("/v1/score", content=b"{}", headers={"Content-Length": "12abc"})
+    assert r.status_code == 413
+
+
+BAD_PAYLOADS = {
+    "amount-not-a-number": (
+        {"as_of": "2024-01-01", "customers": [one(transactions=[{"date": "2023-01-01", "amount": "ten"}])]},
+        ["body", "customers", 0, "transactions", 0, "amount"],
+    ),
+    "bad-date": (
+        {"as_of": "2024-01-01", "customers": [one(transactions=[{"date": "2023-02-30", "amount": 1}])]},
+        ["body", "customers", 0, "transactions", 0, "date"],
+    ),
+    "response-not-yes-no": (
+        {"as_of": "2024-01-01",
+         "customers": [one(offers=[{"date": "2023-01-01", "response": "Maybe", "promotion_type": "Discount"}])]},
+        ["body", "customers", 0, "offers", 0, "response"],
+    ),
+    "as-of-missing": ({"customers": [one()]}, ["body", "as_of"]),
+    "as-of-out-of-range": ({"as_of": "1066-10-14", "customers": [one()]}, ["body", "as_of"]),
+    "no-customers": ({"as_of": "2024-01-01", "customers": []}, ["body", "customers"]),
+    "duplicate-customer": ({"as_of": "2024-01-01", "customers": [one("x"), one("x")]}, ["body", "customers"]),
+    "unknown-field": ({"as_of": "2024-01-01", "customers": [one(colour="red")]}, ["body", "customers", 0, "colour"]),
+    "id-with-spaces": ({"as_of": "2024-01-01", "customers": [one(" x")]}, ["body", "customers", 0, "customer_id"]),
+    "control-characters": (
+        {"as_of": "2024-01-01", "customers": [one(profile={"location": "a\x00b"})]},
+        ["body", "customers", 0, "profile", "location"],
+    ),
+    "negative-count": (
+        {"as_of": "2024-01-01",
+         "customers": [one(engagement={"site_visits": -1, "emails_opened": 0, "clicks": 0})]},
+        ["body", "customers", 0, "engagement", "site_visits"],
+    ),
+    "long-string": (
+        {"as_of": "2024-01-01", "customers": [one(profile={"gender": "x" * 500})]},
+        ["body", "customers", 0, "profile", "gender"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_PAYLOADS, ids=list(BAD_PAYLOADS))
+def test_bad_payload_is_422_with_field_path(client: TestClient, case: str) -> None:
+    payload, loc = BAD_PAYLOADS[case]
+    r = client.post("/v1/score", json=payload)
+    assert r.status_code == 422, r.text
+    body = r.json()
+    assert loc in [issue["loc"] for issue in body["detail"]], body
+    assert all(set(issue) == {"loc", "msg", "type"} for issue in body["detail"])  # input not echoed
+    assert body["request_id"] == r.headers["X-Request-ID"]
+    assert_no_leak(r)
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"NaN", b'{"as_of": "2024-01-01", "customers": '
+                                     b'[{"customer_id": "a", "transactions": [{"date": "2023-01-01", "amount": NaN}]}]}',
+                                     b'{"as_of": "2024-01-01", "customers": [{"customer_id": "a", "transactions": '
+                                     b'[{"date": "2023-01-01", "amount": 1e999}]}]}'],
+                         ids=["broken-json", "bare-nan", "nan-amount", "infinite-amount"])
+def test_malformed_json_is_422(client: TestClient, content: bytes) -> None:
+    r = client.post("/v1/score", content=content, headers={"Content-Type": "application/json"})
+    assert r.status_code == 422
+    assert_no_leak(r)
+
+
+def test_every_problem_reported_at_once(client: TestClient) -> None:
+    r = post(client, [one(transactions=[{"date": "x", "amount": "y"}], offers=[{"date": "2023-01-01"}])])
+    locs = [tuple(i["loc"]) for i in r.json()["detail"]]
+    assert ("body", "customers", 0, "transactions", 0, "date") in locs
+    assert ("body", "customers", 0, "transactions", 0, "amount") in locs
+    assert ("body", "customers", 0, "offers", 0, "response") in locs
+
+
+def test_not_found_and_wrong_method(client: TestClient) -> None:
+    r = client.get("/v1/nothing")
+    assert r.status_code == 404
+    assert r.json() == {"detail": "Not Found", "request_id": r.headers["X-Request-ID"]}
+    assert client.get("/v1/score").status_code == 405
+
+
+class _Broken:
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+    async def score(self, *args: Any) -> Any:
+        raise self.exc
+
+
+@pytest.mark.parametrize(("exc", "status"), [
+    (RuntimeError("boom at /work/secret/path.py"), 500),
+    (ModelError("feature 'x' missing in /work/run/model.skops", "retrain"), 500),
+    (InputError("the features need the table(s) ['customers'].", "Send profiles."), 422),
+], ids=["unexpected", "model-error", "input-error"])
+def test_errors_are_mapped_without_internals(trained: tuple[Path, Path], exc: Exception, status: int) -> None:
+    app = create_app(Settings(model_dir=trained[1]))
+    with TestClient(app, raise_server_exceptions=False) as c:
+        app.dependency_overrides[get_batcher] = lambda: _Broken(exc)
+        r = post(c, [one()])
+    assert r.status_code == status
+    body = r.json()
+    assert body["request_id"] == r.headers["X-Request-ID"]
+    assert_no_leak(r)
+    if status == 422:
+        assert body == {"detail": exc.message, "fix": exc.fix, "request_id": body["request_id"]}  # type: ignore[attr-defined]
+    else:
+        assert "boom" not in r.text and "skops" not in r.text
+
+
+def test_one_json_log_line_per_request(client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="clvtier.serve"):
+        r = client.get("/healthz", headers={"X-Request-ID": "log-me"})
+    lines = [json.loads(JsonFormatter().format(rec)) for rec in caplog.records if rec.getMessage() == "request"]
+    assert len(lines) == 1
+    line = lines[0]
+    assert r.status_code == 200
+    assert {k: line[k] for k in ("request_id", "method", "path", "status")} == {
+        "request_id": "log-me", "method": "GET", "path": "/healthz", "status": 200}
+    assert line["duration_ms"] >= 0 and line["level"] == "info"
+
+
+def test_settings_from_env(tmp_path: Path) -> None:
+    env = {"CLVTIER_MODEL": str(tmp_path), "CLVTIER_API_KEY": "k", "CLVTIER_MAX_CUSTOMERS": "5"}
+    s = Settings.from_env(env)
+    assert (s.model_dir, s.api_key, s.max_customers) == (tmp_path, "k", 5)
+    assert "k" not in repr(s)
+    assert Settings.from_env(env, api_key="other").api_key == "other"
+    with pytest.raises(InputError, match="no model"):
+        Settings.from_env({})
+    with pytest.raises(InputError, match="max_customers"):
+        Settings.from_env({**env, "CLVTIER_MAX_CUSTOMERS": "many"})
+
+
+def test_bad_model_fails_start_up(tmp_path: Path) -> None:
+    app = create_app(Settings(model_dir=tmp_path))
+    with pytest.raises(ModelError), TestClient(app):
+        pass
+    assert isinstance(app.state.startup_error, ModelError)
+
+
+# -- OpenAPI ------------------------------------------------------------------------------------
+def test_openapi_snapshot(client: TestClient) -> None:
+    schema = client.app.openapi()
+    schema["info"]["version"] = "SNAPSHOT"  # the package version may move without the API moving
+    text = json.dumps(schema, indent=2, sort_keys=True) + "\n"
+    if os.environ.get("UPDATE_SNAPSHOTS") == "1":
+        SNAPSHOT.parent.mkdir(parents=True, exist_ok=True)
+        SNAPSHOT.write_text(text)
+    assert SNAPSHOT.is_file(), "no snapshot: run with UPDATE_SNAPSHOTS=1"
+    assert json.loads(SNAPSHOT.read_text()) == json.loads(text), "OpenAPI changed: review, then UPDATE_SNAPSHOTS=1"
+
+
+def test_openapi_documents_examples_and_errors(client: TestClient) -> None:
+    schema = client.app.openapi()
+    assert schema["components"]["schemas"]["ScoreRequest"]["examples"] == [EXAMPLE_REQUEST]
+    responses = schema["paths"]["/v1/score"]["post"]["responses"]
+    assert {"200", "401", "413", "422", "500"} <= set(responses)
+    assert "APIKeyHeader" in schema["components"]["securitySchemes"]

@@ -1,0 +1,198 @@
+"""End-to-end: train, predict and demo through the CLI on small generated data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from clvtier.cli import app
+from clvtier.generate import generate
+
+runner = CliRunner()
+
+FAST = ["--cv", "3", "--bootstrap", "50", "--backtests", "1"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("gen") / "data"
+    generate(1500, 7, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def run_dir(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "run"
+    res = runner.invoke(
+        app, ["train", str(data_dir), "--out", str(out), "--candidates", "logreg,naive_bayes,hist_gb", *FAST]
+    )
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_train_writes_every_artifact(run_dir: Path) -> None:
+    for name in ("model.skops", "metadata.json", "metrics.json", "cv.csv", "test_predictions.csv"):
+        assert (run_dir / name).is_file(), name
+    meta = json.loads((run_dir / "metadata.json").read_text())
+    assert meta["mode"] == "predictive"
+    assert meta["target"] == "future"
+    assert meta["horizon_days"] == 365
+    assert meta["thresholds"]["low_cut"] < meta["thresholds"]["high_cut"]
+    assert "btyd_frequency" in meta["feature_names"]
+    assert len(meta["data_fingerprint"]) == 64
+    assert meta["versions"]["scikit-learn"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert {"baseline_majority", "baseline_carry_forward"} <= set(metrics["test"])
+    assert metrics["chosen"] in {"logreg", "naive_bayes", "hist_gb"}
+    cv = pd.read_csv(run_dir / "cv.csv")
+    assert list(cv["model"]) == ["logreg", "naive_bayes", "hist_gb"]
+
+
+def test_chosen_model_beats_both_baselines(run_dir: Path) -> None:
+    """The generator plants a learnable signal: the model must beat the naive rules."""
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    chosen = metrics["test"][metrics["chosen"]]
+    for baseline in ("baseline_majority", "baseline_carry_forward"):
+        assert chosen["macro_f1"] > metrics["test"][baseline]["macro_f1"] + 0.05, baseline
+
+
+def test_selection_uses_cross_validation_only(run_dir: Path) -> None:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    best_cv = max(metrics["cv"], key=lambda r: r["mean"])["model"]
+    assert metrics["chosen"] == best_cv
+
+
+def test_predict_scores_every_known_customer_once(run_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "scores.csv"
+    res = runner.invoke(app, ["predict", str(data_dir), "--model", str(run_dir), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    scores = pd.read_csv(out, dtype={"customer_id": str})
+    customers = pd.read_csv(data_dir / "customers_final.csv", dtype={"customer_id": str})
+    assert sorted(scores["customer_id"]) == sorted(customers["customer_id"])
+    assert not scores["customer_id"].duplicated().any()
+    assert set(scores["tier"]) <= {"Low", "Medium", "High"}
+    probs = scores[["p_low", "p_medium", "p_high"]].sum(axis=1)
+    assert (probs - 1).abs().max() < 1e-9
+    assert scores["reason_1"].notna().all()
+    assert f"Scored {len(scores):,} customers" in res.output
+
+
+def test_predict_is_deterministic(run_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    for out in (a, b):
+        res = runner.invoke(app, ["predict", str(data_dir), "--model", str(run_dir), "--out", str(out)])
+        assert res.exit_code == 0, res.output
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_training_is_reproducible(data_dir: Path, tmp_path: Path) -> None:
+    outs = []
+    for k in range(2):
+        out = tmp_path / f"r{k}"
+        res = runner.invoke(app, ["train", str(data_dir), "--out", str(out), "--candidates", "logreg", *FAST])
+        assert res.exit_code == 0, res.output
+        outs.append(out)
+    assert (outs[0] / "test_predictions.csv").read_bytes() == (outs[1] / "test_predictions.csv").read_bytes()
+    assert (outs[0] / "cv.csv").read_text() == (outs[1] / "cv.csv").read_text()
+
+
+def test_tampered_model_is_refused(run_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in run_dir.iterdir():
+        if f.is_file():
+            (bad / f.name).write_bytes(f.read_bytes())
+    raw = bytearray((bad / "model.skops").read_bytes())
+    raw[-10] ^= 0xFF
+    (bad / "model.skops").write_bytes(bytes(raw))
+    out = tmp_path / "s.csv"
+    res = runner.invoke(app, ["predict", str(data_dir), "--model", str(bad), "--out", str(out)])
+    assert res.exit_code == 3
+    assert "changed after training" in res.output
+    assert not out.exists()
+
+
+def test_incompatible_version_is_refused_naming_both(run_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "old"
+    bad.mkdir()
+    for f in run_dir.iterdir():
+        if f.is_file():
+            (bad / f.name).write_bytes(f.read_bytes())
+    meta = json.loads((bad / "metadata.json").read_text())
+    meta["versions"]["scikit-learn"] = "0.24.2"
+    (bad / "metadata.json").write_text(json.dumps(meta))
+    res = runner.invoke(app, ["predict", str(data_dir), "--model", str(bad), "--out", str(tmp_path / "s.csv")])
+    assert res.exit_code == 3
+    assert "0.24.2" in res.output
+    import sklearn
+
+    assert sklearn.__version__ in res.output
+
+
+def test_model_refused_when_data_lack_its_features(run_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+    only_tx = tmp_path / "tx"
+    only_tx.mkdir()
+    (only_tx / "transactions.csv").write_bytes((data_dir / "transactions_final.csv").read_bytes())
+    res = runner.invoke(app, ["predict", str(only_tx), "--model", str(run_dir), "--out", str(tmp_path / "s.csv")])
+    assert res.exit_code in (2, 3)
+    assert "Fix:" in res.output
+
+
+def test_snapshot_mode_is_labelled(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "snap"
+    res = runner.invoke(app, ["train", str(data_dir), "--out", str(out), "--mode", "snapshot",
+                              "--candidates", "logreg", *FAST])
+    assert res.exit_code == 0, res.output
+    assert "SNAPSHOT MODE" in res.output
+    assert "not evidence of prediction" in res.output
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["describes_past_only"] is True
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "not evidence of prediction" in metrics["leakage_audit"]["note"]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--mode", "sideways"], "unknown mode"),
+        (["--target", "total_spend"], "does not exist in predictive mode"),
+        (["--metric", "auc-ish"], "unknown metric"),
+        (["--candidates", "deep_net"], "unknown candidate"),
+        (["--tiers", "thirds"], "--tiers"),
+        (["--cutoff", "2019-01-01"], "history"),
+        (["--cutoff", "2024-05-01"], "horizon"),
+        (["--cutoff", "not-a-date"], "not a date"),
+    ],
+    ids=["mode", "target", "metric", "candidate", "tiers", "cutoff-too-early", "cutoff-too-late", "cutoff-format"],
+)
+def test_bad_training_options_exit_2_and_write_nothing(data_dir: Path, tmp_path: Path, args: list[str],
+                                                       needle: str) -> None:
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["train", str(data_dir), "--out", str(out), *args])
+    assert res.exit_code == 2, res.output
+    assert needle in res.output
+    assert "Fix:" in res.output
+    assert not out.exists()
+
+
+def test_custom_amount_tiers(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "amt"
+    res = runner.invoke(app, ["train", str(data_dir), "--out", str(out), "--tiers", "amounts:1,3000",
+                              "--candidates", "logreg", *FAST])
+    assert res.exit_code == 0, res.output
+    th = json.loads((out / "metadata.json").read_text())["thresholds"]
+    assert (th["low_cut"], th["high_cut"]) == (1.0, 3000.0)
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    res = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--customers", "800"])
+    assert res.exit_code == 0, res.output
+    run = tmp_path / "demo" / "run"
+    assert (run / "model.skops").is_file()
+    assert (run / "scores.csv").is_file()
+    assert "Chosen:" in res.output
