@@ -198,6 +198,8 @@ def test_every_figure_is_inline_svg(html: str) -> None:
     assert "<?xml" not in html and "<!DOCTYPE svg" not in html
     ids = re.findall(r'\sid="([^"]+)"', html)
     assert len(ids) == len(set(ids)), "element ids (clip paths included) must be unique in the page"
+    refs = set(re.findall(r'href="#([^"]+)"', html)) | set(re.findall(r"url\(#([^)]+)\)", html))
+    assert refs and refs <= set(ids), "every internal reference resolves"
 
 
 def test_the_report_is_self_contained(html: str) -> None:
@@ -211,16 +213,19 @@ def test_the_report_is_self_contained(html: str) -> None:
     assert not re.search(r"url\(\s*[\"']?(?!#)", html), "only same-document url(#id) references"
 
 
-def test_tier_colours_are_defined_once_and_used_in_page_and_plots(html: str) -> None:
+def test_tier_colours_are_defined_once_and_used_in_the_page(html: str) -> None:
     assert list(plotting.TIER_COLORS) == list(TIERS)
     for tier, colour in plotting.TIER_COLORS.items():
         assert f"--tier-{tier.lower()}: {colour};" in html
-    ax = plotting.plot_value_distribution(np.array([0.0, 5, 50, 500, 5000]), 1.0, 100.0)
-    handles, labels = ax.get_legend_handles_labels()
+
+
+@pytest.mark.parametrize("name", ["value_distribution", "class_shares"])
+def test_plots_use_the_tier_colours(name: str) -> None:
     from matplotlib.colors import to_hex
 
-    assert {lab: to_hex(h.patches[0].get_facecolor()) for h, lab in zip(handles, labels, strict=True)} == {
-        t: c.lower() for t, c in plotting.TIER_COLORS.items()}
+    handles, labels = PLOTS[name](None).get_legend_handles_labels()
+    shown = {lab: to_hex(getattr(h, "patches", [h])[0].get_facecolor()) for h, lab in zip(handles, labels, strict=True)}
+    assert shown == {t: c.lower() for t, c in plotting.TIER_COLORS.items()}
 
 
 def test_print_styles_and_laptop_layout(html: str) -> None:

@@ -24,6 +24,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -54,9 +57,8 @@ MODEL_FILE = "model.skops"
 METADATA_FILE = "metadata.json"
 FORMAT_VERSION = 1
 
-#: Types beyond skops' defaults that a clvtier model may contain; nothing else is loaded.
-_OWN_TYPES_PREFIX = "clvtier."
-_TRUSTED_TYPES = frozenset({"numpy.dtype", "sklearn.compose._column_transformer.make_column_selector"})
+#: Modules whose types a clvtier model may contain beyond skops' defaults; nothing else is loaded.
+_TRUSTED_PREFIXES = ("clvtier.", "sklearn.", "numpy.")
 
 
 def file_sha256(path: str | Path) -> str:
@@ -159,7 +161,7 @@ def load_model(directory: str | Path) -> tuple[object, dict]:
         untrusted = sio.get_untrusted_types(file=model_path)
     except Exception as exc:
         raise ModelError(f"{model_path} is not a readable skops file ({exc}).", "Train again.") from None
-    unknown = [t for t in untrusted if not t.startswith(_OWN_TYPES_PREFIX) and t not in _TRUSTED_TYPES]
+    unknown = [t for t in untrusted if not t.startswith(_TRUSTED_PREFIXES)]
     if unknown:
         raise ModelError(
             f"{model_path} contains types that clvtier does not trust: {unknown[:5]}.",

@@ -72,6 +72,12 @@ def _axes(ax: Axes | None, figsize: tuple[float, float]) -> Axes:
     return Figure(figsize=figsize, layout="constrained").subplots()
 
 
+def _short(label: object, width: int = 40) -> str:
+    """A category label cut to ``width`` characters, so one long name cannot squash the plot."""
+    text = str(label)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def _signed_log(x: np.ndarray) -> np.ndarray:
     """log10(1 + |x|) with the sign of x: spreads skewed money amounts, keeps zero and refunds."""
     return np.sign(x) * np.log10(1.0 + np.abs(x))
@@ -126,7 +132,7 @@ def plot_value_distribution(
         hi = lo + 1.0
     edges = np.linspace(lo, hi, bins + 1)
     groups = [t[v < low_cut], t[(v >= low_cut) & (v < high_cut)], t[v >= high_cut]]
-    ax.hist(groups, bins=edges, stacked=True, color=[TIER_COLORS[k] for k in TIERS], label=list(TIERS),
+    ax.hist(groups, bins=edges.tolist(), stacked=True, color=[TIER_COLORS[k] for k in TIERS], label=list(TIERS),
             edgecolor="white", linewidth=0.3)
     for cut, name in ((low_cut, "Low | Medium"), (high_cut, "Medium | High")):
         x = float(_signed_log(np.array([cut]))[0])
@@ -163,10 +169,10 @@ def plot_class_shares(shares: Mapping[str, Mapping[str, float]], *, ax: Axes | N
     Axes
     """
     ax = _axes(ax, (7.0, 0.6 + 0.45 * max(1, len(shares))))
-    names = list(shares)
+    names = [_short(n) for n in shares]
     left = np.zeros(len(names))
     for tier in TIERS:
-        width = np.array([float(shares[n].get(tier, 0.0)) for n in names])
+        width = np.array([float(s.get(tier, 0.0)) for s in shares.values()])
         ax.barh(names, width, left=left, color=TIER_COLORS[tier], label=tier, edgecolor="white")
         for y, (x0, w) in enumerate(zip(left, width, strict=True)):
             if w >= 0.06:
@@ -213,7 +219,7 @@ def plot_cv_scores(
                        label="fold score" if y == 0 else None)
         ax.errorbar(float(row["mean"]), y, xerr=float(row["std"]), fmt="D", color=colour, capsize=4,
                     markersize=6, zorder=3, label="mean ± 1 SD" if y == 0 else None)
-    ax.set_yticks(range(len(rows)), [str(r["model"]) for r in rows])
+    ax.set_yticks(range(len(rows)), [_short(r["model"]) for r in rows])
     ax.invert_yaxis()
     ax.set_xlabel(metric_label)
     ax.grid(axis="x", alpha=0.3)
@@ -296,7 +302,7 @@ def plot_gains(
     colors = colors or {}
     palette = [c for k, c in OKABE_ITO.items() if k not in ("black", "grey", "yellow")]
     for k, (label, curve) in enumerate(curves.items()):
-        ax.plot(curve["share_of_customers"], curve["share_of_value"], label=label, linewidth=2,
+        ax.plot(curve["share_of_customers"], curve["share_of_value"], label=_short(label), linewidth=2,
                 color=colors.get(label, palette[k % len(palette)]))
     ax.plot([0, 1], [0, 1], linestyle=":", color=METHOD_COLORS["random"], linewidth=1.2, label="random targeting")
     for m in marks:
@@ -375,7 +381,7 @@ def plot_importance(
     """
     rows = sorted(importance, key=lambda r: -float(r["mean"]))[:top]
     ax = _axes(ax, (7.0, 0.7 + 0.3 * max(1, len(rows))))
-    names = [str(r["feature"]) for r in rows]
+    names = [_short(r["feature"]) for r in rows]
     means = np.array([float(r["mean"]) for r in rows])
     stds = np.array([float(r["std"]) for r in rows])
     ax.barh(range(len(rows)), means, xerr=stds, color=METHOD_COLORS["model"], ecolor="#444444", capsize=2)
@@ -425,9 +431,9 @@ def plot_backtest(
     markers = ["o", "s", "^", "D"]
     for k, (label, values) in enumerate(series.items()):
         y = np.array([np.nan if v is None else float(v) for v in values])
-        ax.plot(x, y, marker=markers[k % len(markers)], linewidth=1.8, label=label,
+        ax.plot(x, y, marker=markers[k % len(markers)], linewidth=1.8, label=_short(label),
                 color=colors.get(label, list(METHOD_COLORS.values())[k % len(METHOD_COLORS)]))
-    ax.set_xticks(x, [str(c) for c in cutoffs])
+    ax.set_xticks(x, [_short(c, 12) for c in cutoffs])
     ax.set_xlim(-0.5, len(cutoffs) - 0.5)
     if ylim is not None:
         ax.set_ylim(*ylim)

@@ -40,26 +40,23 @@ HEADLINE = (
     ("high_recall", "Recall of High", "pct", "Of the customers that were High, the share predicted High."),
     ("macro_f1", "Macro-F1", "score", "F1 averaged over the three tiers (1 is perfect)."),
     ("accuracy", "Accuracy", "pct", "Share of customers whose tier is predicted exactly."),
-    ("roc_auc_high", "ROC AUC, High vs rest", "score", "Chance that a High customer is ranked above another (0.5 is random)."),
+    ("roc_auc_high", "ROC AUC, High vs rest", "score",
+     "Chance that a High customer gets a higher P(High) than a non-High one (0.5 is random)."),
     ("spearman", "Spearman correlation", "score", "Rank correlation between the score and the actual value."),
 )
-KIND = {key: kind for key, _label, kind, _help in HEADLINE} | {
-    "weighted_f1": "score", "log_loss": "score", "mean": "score", "std": "score",
-}
+KIND = {key: kind for key, _label, kind, _help in HEADLINE}
 
 BASELINES = {
     "baseline_carry_forward": "Carry-forward (tier of past spend)",
     "baseline_bgnbd_gg": "BG/NBD + Gamma-Gamma",
     "baseline_majority": "Majority tier",
 }
-SHORT = {"baseline_carry_forward": "carry-forward", "baseline_bgnbd_gg": "BG/NBD + Gamma-Gamma",
-         "baseline_majority": "majority-tier"}
 METRIC_LABELS = {
     "macro_f1": "macro-F1", "accuracy": "accuracy", "weighted_f1": "weighted F1",
     "balanced_accuracy": "balanced accuracy",
 }
 
-_REPORT_RC = {
+_REPORT_RC: dict[Any, Any] = {
     "svg.fonttype": "none",  # text stays text: smaller files, selectable and searchable
     "font.family": "sans-serif",
     "font.sans-serif": ["DejaVu Sans", "Arial", "Helvetica"],
@@ -68,7 +65,7 @@ _REPORT_RC = {
     "axes.labelsize": 9,
     "legend.fontsize": 8,
     "text.parse_math": False,  # '$' in a category or feature name is text, not TeX
-    "svg.image_inline": True,
+    "svg.image_inline": True,  # raster parts (the confusion heat maps) embedded, never linked
 }
 
 
@@ -191,12 +188,15 @@ def _svg(ax_or_fig: Any, name: str) -> Any:
     buf = io.StringIO()
     # A salt per figure keeps the clip-path ids unique across the page and the output deterministic.
     with matplotlib.rc_context({**_REPORT_RC, "svg.hashsalt": f"clvtier-{name}"}):
-        fig.savefig(buf, format="svg", bbox_inches="tight", pad_inches=0.05, metadata={"Date": None})
+        fig.savefig(buf, format="svg", metadata={"Date": None})
     svg = buf.getvalue()
     svg = svg[svg.index("<svg"):]
     svg = re.sub(r"<metadata>.*?</metadata>\s*", "", svg, count=1, flags=re.S)
+    # matplotlib numbers its groups per figure (figure_1, patch_1, ...); make them unique in the page.
+    # Referenced ids (clip paths, markers) are salted hashes without an underscore and stay as they are.
+    svg = re.sub(r'id="([A-Za-z][\w.]*_\d+)"', rf'id="{name}-\1"', svg)
     svg = svg.replace("<svg ", f'<svg class="plot" role="img" aria-labelledby="{name}-caption" ', 1)
-    return Markup(svg)  # noqa: S704 - matplotlib output, its text is escaped by matplotlib
+    return Markup(svg)  # our own matplotlib output; matplotlib escapes the text it writes
 
 
 def _figure(name: str, draw: Callable[[], Any]) -> Any:
@@ -311,7 +311,8 @@ def _data(run: _Run) -> dict[str, Any]:
     s += f"; {fmt_int(m.get('n_customers'))} customers are known at the cutoff. "
     if warnings:
         s += (f"Validation raised {len(warnings)} warning{'s' if len(warnings) != 1 else ''} "
-              f"covering {fmt_int(affected)} rows; they were handled automatically and are listed below.")
+              f"({fmt_int(affected)} affected rows counted over all of them); they were handled automatically and "
+              "are listed below.")
     else:
         s += "Validation raised no warnings."
     return {"tables": tables, "warnings": [{
@@ -438,7 +439,7 @@ def _ranking_scores(run: _Run) -> dict[str, tuple[str, np.ndarray]]:
     out: dict[str, tuple[str, np.ndarray]] = {}
     if p is None:
         return out
-    if "p_high" in p:
+    if "p_high" in p and np.isfinite(p["p_high"].to_numpy(dtype=float)).all():
         out[_model_label(run.metrics)] = ("model", p["p_high"].to_numpy(dtype=float))
     for col, key, label in (("baseline_carry_forward_score", "carry_forward", BASELINES["baseline_carry_forward"]),
                             ("baseline_bgnbd_gg_score", "bgnbd_gg", BASELINES["baseline_bgnbd_gg"])):
@@ -458,7 +459,8 @@ def _business(run: _Run, words: str) -> dict[str, Any]:
     p = run.predictions
     out: dict[str, Any] = {"figures": [], "rows": [], "tops": [fmt_pct(t, 0) for t in TOPS]}
     scores = _ranking_scores(run)
-    if p is None or "actual_value" not in p or not scores:
+    if (p is None or "actual_value" not in p or _model_label(m) not in scores
+            or not np.isfinite(p["actual_value"].to_numpy(dtype=float)).all()):
         out["reading"] = "The run directory has no test predictions to draw the gains curve from."
         return out
     value = p["actual_value"].to_numpy(dtype=float)
@@ -520,8 +522,13 @@ def _calibration(run: _Run) -> dict[str, Any]:
     if p is None or "p_high" not in p or "actual_tier" not in p:
         out["reading"] = "The run directory has no test probabilities."
         return out
-    prob = np.clip(p["p_high"].to_numpy(dtype=float), 0.0, 1.0)
-    y = (p["actual_tier"].astype(str) == "High").to_numpy(dtype=float)
+    prob = p["p_high"].to_numpy(dtype=float)
+    keep = np.isfinite(prob)
+    if not keep.any():
+        out["reading"] = "The run's test probabilities are missing."
+        return out
+    prob = np.clip(prob[keep], 0.0, 1.0)
+    y = (p["actual_tier"].astype(str) == "High").to_numpy(dtype=float)[keep]
     curve = reliability_curve(prob, y, n_bins=10)
     n = curve["count"].sum()
     gap = curve["mean_predicted"] - curve["fraction_positive"]
@@ -565,9 +572,11 @@ def _drivers(run: _Run) -> dict[str, Any]:
                                    imp, metric_label=f"Drop in test {label} when shuffled"))})
     else:
         out["reading"] = "The run has no feature importance."
+    effects: list[list[float]] = []
     for ex in m.get("examples") or []:
         if not isinstance(ex, Mapping):
             continue
+        effects.append([float(r.get("effect") or 0) for r in ex.get("reasons") or []])
         probs = list(ex.get("p") or [])
         pred = str(ex.get("predicted_tier", ""))
         reasons = []
@@ -582,14 +591,22 @@ def _drivers(run: _Run) -> dict[str, Any]:
             "p": [fmt_pct(x) for x in probs], "reasons": reasons,
         })
     if out["examples"]:
-        # The High example matters most for targeting; a saturated P(Low) example explains little.
-        ex = next((e for e in out["examples"] if e["predicted"] == "High"), out["examples"][0])
+        # The High example matters most for targeting, unless its probability is saturated (no reason moves it).
+        def strength(k: int) -> tuple[bool, float]:
+            top = effects[k][0] if effects[k] else 0.0
+            return (out["examples"][k]["predicted"] == "High" and top >= 0.01, top)
+
+        k = max(range(len(out["examples"])), key=strength)
+        ex = out["examples"][k]
         first = ex["reasons"][0] if ex["reasons"] else None
         s = (f" For example, customer {ex['customer_id']} is predicted {ex['predicted']} and was actually "
              f"{ex['actual']}")
-        if first:
+        if first and effects[k][0] >= 0.0005:
             s += (f"; setting {first['feature']} to its typical value would lower P({ex['predicted']}) by "
                   f"{first['effect'].lstrip('+')}")
+        elif first:
+            s += (f"; P({ex['predicted']}) is so close to 100{NBSP}% that no single feature moves it by even "
+                  "0.1 points")
         out["examples_reading"] = (
             "Each worked example shows the features that move one customer's prediction most: a reason's "
             "effect is how much the probability of the predicted tier falls when that feature alone is set "
@@ -640,14 +657,23 @@ def _stability(run: _Run) -> dict[str, Any]:
     f1 = [float(r["model"]["macro_f1"]) for r in done]
     cf1 = [float(r["carry_forward"]["macro_f1"]) for r in done]
     wins = sum(a > b for a, b in zip(f1, cf1, strict=True))
+    cap = [r["model"].get("revenue_capture_high") for r in done]
+    cf_cap = [r["carry_forward"].get("revenue_capture_high") for r in done]
     if len(done) == 1:
         out["reading"] = (f"Retrained as of an earlier cutoff ({cutoffs[0]}) and tested on the {days} days after "
                           f"it, the model reaches macro-F1 {fmt_score(f1[0])} against {fmt_score(cf1[0])} for "
-                          f"carry-forward, {'better' if wins else 'no better'} than the rule.")
+                          f"carry-forward, {'better' if wins else 'no better'} than the rule; its High tier holds "
+                          f"{fmt_pct(cap[0])} of the revenue (carry-forward {fmt_pct(cf_cap[0])}).")
     else:
         out["reading"] = (f"Retrained at {len(done)} earlier cutoffs, the model's macro-F1 ranges from "
                           f"{fmt_score(min(f1))} to {fmt_score(max(f1))} (carry-forward {fmt_score(min(cf1))} to "
                           f"{fmt_score(max(cf1))}); it beats carry-forward at {wins} of {len(done)} cutoffs.")
+        known = [c for c in cap if c is not None]
+        known_cf = [c for c in cf_cap if c is not None]
+        if known and known_cf:
+            out["reading"] += (f" The revenue held by its High tier ranges from {fmt_pct(min(known))} to "
+                               f"{fmt_pct(max(known))} (carry-forward {fmt_pct(min(known_cf))} to "
+                               f"{fmt_pct(max(known_cf))}).")
     return out
 
 
@@ -669,12 +695,15 @@ def _leakage(run: _Run) -> dict[str, Any]:
              f"({_join(undated)}). Refitting without them changes macro-F1 from {fmt_score(w.get('macro_f1'))} to "
              f"{fmt_score(wo.get('macro_f1'))}")
         if abs(gain) < 0.01:
-            s += ": they add almost nothing, so they cannot be hiding a leak that drives the results."
+            s += ": they add almost nothing, so even if they leak, the results do not depend on them."
         elif gain > 0:
             s += (f": they add {fmt_score(gain)}. They may carry information from after the cutoff; if they do, "
                   "trust the numbers without them.")
         else:
             s += ": the model is better without them."
+        if m.get("mode") == "snapshot":
+            s = ("In snapshot mode the leak is by design, not in these features: the customer value is computed "
+                 "from the same spend the features contain, so near-perfect scores are expected. " + s)
         out["reading"] = s
     else:
         out["reading"] = str(audit.get("note") or "This run has no leakage audit.")
@@ -719,7 +748,7 @@ def _wbr(text: Any) -> Any:
     """Escape, then allow line breaks after underscores (long feature names in narrow cells)."""
     from markupsafe import Markup, escape
 
-    return Markup(str(escape(text)).replace("_", "_<wbr>"))  # noqa: S704 - escaped first
+    return Markup(str(escape(text)).replace("_", "_<wbr>"))
 
 
 def _context(run: _Run) -> dict[str, Any]:
@@ -743,6 +772,7 @@ def _context(run: _Run) -> dict[str, Any]:
     ]
     return {
         "title": f"clvtier report: {m.get('chosen', '?')} model, cutoff {m.get('cutoff', '?')}",
+        "chosen": str(m.get("chosen", "?")),
         "snapshot": snapshot,
         "snapshot_note": str((m.get("leakage_audit") or {}).get("note") or ""),
         "sections": [{"id": sid, "title": title, **body} for sid, title, body in sections],

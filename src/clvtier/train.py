@@ -500,7 +500,7 @@ def _permutation_importance(model: Any, X: pd.DataFrame, y: np.ndarray, cfg: Tra
 
 def _examples(model: Any, X: pd.DataFrame, proba: np.ndarray, ids: np.ndarray, y: np.ndarray,
               value: np.ndarray, reference: dict[str, Any]) -> list[dict[str, Any]]:
-    """Worked explanations: one confidently predicted test customer per predicted tier."""
+    """Worked explanations: a typical test customer per predicted tier (median confidence)."""
     from clvtier.predict import reasons
 
     pred = np.argmax(proba, axis=1)
@@ -508,7 +508,8 @@ def _examples(model: Any, X: pd.DataFrame, proba: np.ndarray, ids: np.ndarray, y
     for j in range(len(TIERS)):
         rows = np.flatnonzero(pred == j)
         if len(rows):
-            picks.append(int(rows[np.argmax(proba[rows, j])]))
+            conf = proba[rows, j]
+            picks.append(int(rows[np.argsort(conf, kind="stable")[len(rows) // 2]]))
     if not picks:
         return []
     why = reasons(model, X.iloc[picks], proba[picks], reference)
