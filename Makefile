@@ -14,7 +14,7 @@ setup: $(BIN)/python
 	$(PIP) install --quiet -c constraints.txt -e .
 
 setup-dev: $(BIN)/python
-	$(PIP) install --quiet -c constraints.txt -e '.[dev]'
+	$(PIP) install --quiet -c constraints.txt -e '.[dev,spark]'
 
 demo: setup
 	$(BIN)/clvtier demo --out demo-run
