@@ -14,6 +14,8 @@ Each stage runs in its own fresh Python process, one after the other, so that
 * wall time is measured inside the child around the work only (imports and interpreter
   start-up excluded), from reading the Parquet file to an in-memory result
   (Arrow table / Polars or pandas DataFrame) with one row per customer;
+* CPU time (``time.process_time``: every thread of the child, same span) is reported
+  next to it; on a shared machine it is steadier than wall time;
 * peak memory is the child's peak resident set size, read with ``os.wait4`` (the
   kernel's ``ru_maxrss`` of that child alone; ``getrusage(RUSAGE_CHILDREN)`` would give
   the maximum over all children so far). It includes the interpreter and imports.
@@ -298,8 +300,10 @@ STAGES = {
 def _child(stage: str, path: Path) -> None:
     import pyarrow  # noqa: F401 - every stage uses it; importing it is not part of the work timed
 
+    cpu = time.process_time()
     elapsed, check, extra = STAGES[stage](path)
-    print(json.dumps({"seconds": elapsed, "checksum": check, "extra": extra}))
+    cpu = time.process_time() - cpu  # all threads; includes the (small) checksum
+    print(json.dumps({"seconds": elapsed, "cpu_s": cpu, "checksum": check, "extra": extra}))
 
 
 def run_stage(stage: str, path: Path) -> dict[str, Any]:
@@ -357,7 +361,8 @@ def main() -> None:
         results[stage] = run_stage(stage, path)
         r = results[stage]
         extra = "  ".join(f"{k}={v:.2f}" for k, v in r["extra"].items())
-        print(f"{stage:<15} {r['seconds']:8.2f} s  {r['peak_mb']:8.0f} MB  {extra}", flush=True)
+        line = f"{stage:<15} {r['seconds']:8.2f} s  cpu {r['cpu_s']:7.2f} s  {r['peak_mb']:8.0f} MB  {extra}"
+        print(line, flush=True)
 
     reference = results.get("clvtier", results.get("clvtier-pandas"))
     for stage, r in results.items():
@@ -367,10 +372,13 @@ def main() -> None:
 
     floor = results.get("floor", {}).get("seconds")
     print()
-    print(f"{'stage':<15} {'wall s':>8} {'x floor':>8} {'peak MB':>8}")
+    floor_cpu = results.get("floor", {}).get("cpu_s")
+    print(f"{'stage':<15} {'wall s':>8} {'x floor':>8} {'cpu s':>8} {'x floor':>8} {'peak MB':>8}")
     for stage, r in results.items():
         ratio = f"{r['seconds'] / floor:8.2f}" if floor else "      NA"
-        print(f"{stage:<15} {r['seconds']:8.2f} {ratio} {r['peak_mb']:8.0f}")
+        cpu_ratio = f"{r['cpu_s'] / floor_cpu:8.2f}" if floor_cpu else "      NA"
+        print(f"{stage:<15} {r['seconds']:8.2f} {ratio} {r['cpu_s']:8.2f} {cpu_ratio} {r['peak_mb']:8.0f}")
+    print(f"(load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
 
     def fmt(stage: str) -> str:
         return f"{results[stage]['seconds']:.2f}" if stage in results else "NA"

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import TINY, TINY_AS_OF, TINY_CUTOFF, write_ecomx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -19,7 +20,6 @@ from clvtier.cli import app
 from clvtier.errors import InputError
 from clvtier.features import FeatureSet, FeatureSpec, build_features
 from clvtier.validate import Dataset, load
-from conftest import TINY, TINY_AS_OF, TINY_CUTOFF, write_ecomx
 
 NAN = float("nan")
 
@@ -234,11 +234,14 @@ transactions = st.lists(
     st.tuples(st.sampled_from(IDS), days, amounts, st.sampled_from([*CATEGORIES, None])), min_size=1, max_size=30
 )
 # customer id -> (join day or None, age or None, gender or None)
-profiles = st.tuples(st.one_of(st.none(), days), st.one_of(st.none(), st.integers(18, 80)), st.sampled_from(["Male", None]))
+profiles = st.tuples(
+    st.one_of(st.none(), days), st.one_of(st.none(), st.integers(18, 80)), st.sampled_from(["Male", None])
+)
 customers = st.dictionaries(st.sampled_from(IDS), profiles)
 offers = st.lists(st.tuples(st.sampled_from(IDS), days, st.booleans(), st.sampled_from(PROMOTIONS)), max_size=12)
 cutoffs = st.integers(1, 820)
-PROPERTY = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# Each example loads and validates files and compiles the queries (~0.5 s): keep the count modest.
+PROPERTY = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def _date(offset: int) -> str:
@@ -374,7 +377,7 @@ def test_features_equal_a_pandas_reference(tmp_path: Path, tx: list, cust: dict,
     assert_frames_match(fs.frame, expected)
 
 
-@PROPERTY
+@settings(PROPERTY, max_examples=15)  # its data sets are twice as large
 @given(
     tx=transactions, cust=customers, mk=offers, cutoff=cutoffs,
     later_tx=st.lists(st.tuples(st.sampled_from(IDS), st.integers(0, 60), amounts, st.sampled_from(CATEGORIES))),

@@ -156,12 +156,14 @@ def feature_expr(tables: Mapping[str, ir.Table], spec: FeatureSpec,
     cutoff = ibis.param("date")
     tx = tables["transactions"]
     tx = tx.filter(tx.transaction_date < cutoff)
-    base = _known_customers(tables, spec, tx, cutoff)
-    if known is not None:
-        base = base.union(known.select("customer_id"), distinct=True)
-    expr = base.left_join(_transaction_features(tx, spec, cutoff), "customer_id").drop(
-        "customer_id_right"
-    )
+    tx_features = _transaction_features(tx, spec, cutoff)
+    if "customers" in spec.tables or known is not None:
+        base = _known_customers(tables, spec, tx, cutoff)
+        if known is not None:
+            base = base.union(known.select("customer_id"), distinct=True)
+        expr = base.left_join(tx_features, "customer_id").drop("customer_id_right")
+    else:  # every customer known at the cutoff has bought before it
+        expr = tx_features
     if "customers" in spec.tables:
         expr = _join(expr, _profile_features(tables["customers"], cutoff))
         first = expr.first_purchase_day
@@ -231,43 +233,39 @@ def _known_customers(tables: Mapping[str, ir.Table], spec: FeatureSpec, tx: ir.T
 
 def _transaction_features(tx: ir.Table, spec: FeatureSpec, cutoff: ir.Scalar) -> ir.Table:
     amount = tx.transaction_amount
-    per_cat: dict[str, ir.Value] = {}
-    for c in spec.categories:
-        s = slug(c)
-        per_cat[f"amt_{s}"] = amount.sum(where=tx.product_category == c)
-        per_cat[f"n_{s}"] = (tx.product_category == c).sum()
-    other = ~tx.product_category.isin(list(spec.categories)) & tx.product_category.notnull()
-    per_cat["n__other"] = other.sum() if spec.categories else tx.product_category.notnull().sum()
-    # Same-day purchases are merged into one purchase day (the BTYD convention).
-    daily = tx.group_by(customer_id=tx.customer_id, day=tx.transaction_date).aggregate(
-        amount=amount.sum(), n=tx.count(), max_amount=amount.max(), **per_cat
+    day = tx.transaction_date
+    # Same-day purchases are one purchase day (the BTYD convention). In day order, the gap
+    # to the previous transaction is 0 within a day and the gap between purchase days at a
+    # day's first transaction, so day-level statistics need no per-day table (grouping by
+    # customer and day cost more than everything else together).
+    w = ibis.window(group_by=tx.customer_id, order_by=day)
+    tx = tx.mutate(
+        gap=day.delta(day.lag().over(w), unit="day").cast("float64"),
+        first_day=day.min().over(w),
+        ago=cutoff.delta(day, unit="day"),
     )
-    w = ibis.window(group_by=daily.customer_id, order_by=daily.day)
-    daily = daily.mutate(
-        gap=daily.day.delta(daily.day.lag().over(w), unit="day").cast("float64"),
-        is_first=ibis.row_number().over(w) == 0,
-        ago=cutoff.delta(daily.day, unit="day"),
-    )
+    new_day = tx.gap > 0
     aggs: dict[str, ir.Value] = {
-        "n_transactions": daily.n.sum().cast("float64"),
-        "total_spend": daily.amount.sum(),
-        "max_spend": daily.max_amount.max(),
-        "n_days": daily.count(),
-        "first_purchase_day": daily.day.min(),
-        "last_day": daily.day.max(),
-        "first_purchase_value": daily.amount.sum(where=daily.is_first),
-        "ipt_mean": daily.gap.mean(),
-        "ipt_std": daily.gap.std(how="pop"),
-        "spend_prev_180d": daily.amount.sum(where=(daily.ago > 180) & (daily.ago <= 360)),
+        "n_transactions": tx.count().cast("float64"),
+        "total_spend": amount.sum(),
+        "max_spend": amount.max(),
+        "n_days": tx.count(where=new_day) + 1,
+        "first_purchase_day": day.min(),
+        "last_day": day.max(),
+        "first_purchase_value": amount.sum(where=day == tx.first_day),
+        "ipt_mean": tx.gap.mean(where=new_day),
+        "ipt_std": tx.gap.std(how="pop", where=new_day),
+        "spend_prev_180d": amount.sum(where=(tx.ago > 180) & (tx.ago <= 360)),
     }
     for w_days in SPEND_WINDOWS:
-        aggs[f"spend_{w_days}d"] = daily.amount.sum(where=daily.ago <= w_days)
+        aggs[f"spend_{w_days}d"] = amount.sum(where=tx.ago <= w_days)
     for c in spec.categories:
         s = slug(c)
-        aggs[f"amt_{s}"] = daily[f"amt_{s}"].sum()
-        aggs[f"n_{s}"] = daily[f"n_{s}"].sum()
-    aggs["n__other"] = daily["n__other"].sum()
-    g = daily.group_by("customer_id").aggregate(**aggs)
+        aggs[f"amt_{s}"] = amount.sum(where=tx.product_category == c)
+        aggs[f"n_{s}"] = (tx.product_category == c).sum()
+    other = ~tx.product_category.isin(list(spec.categories)) & tx.product_category.notnull()
+    aggs["n__other"] = other.sum() if spec.categories else tx.product_category.notnull().sum()
+    g = tx.group_by("customer_id").aggregate(**aggs)
     freq = g.n_days - 1
     total = g.total_spend
     first_value = g.first_purchase_value.fill_null(0)

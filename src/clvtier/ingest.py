@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import codecs
 import csv
+import io
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,6 +184,11 @@ def read_mapping(path: Path) -> dict[str, TableSource]:
     """
     try:
         spec = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(
+            f"{path}: cannot read the mapping file ({exc.strerror}).",
+            "Check the file's permissions (it must be readable by you).",
+        ) from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise InputError(
             f"{path}: not a valid TOML mapping file ({exc}).",
@@ -196,12 +203,18 @@ def read_mapping(path: Path) -> dict[str, TableSource]:
     sources = {}
     allowed = {"path", "format", "delimiter", "header", "names", "columns", "date_format", "table"}
     for name, section in spec.items():
+        if not isinstance(section, dict):
+            raise InputError(
+                f"{path}: '{name}' is a value, not a section.",
+                f'Write it as a section: [{name}] on its own line, then path = "FILE".',
+            )
         bad = sorted(set(section) - allowed)
         if bad:
             raise InputError(
                 f"{path}: section [{name}] has unknown key(s) {bad}.",
                 f"Use only the keys {sorted(allowed)}.",
             )
+        _check_mapping_types(path, name, section)
         if "path" not in section:
             raise InputError(f"{path}: section [{name}] has no 'path'.", "Add path = \"FILE\".")
         file = (path.parent / section["path"]).resolve()
@@ -236,6 +249,30 @@ def read_mapping(path: Path) -> dict[str, TableSource]:
             db_table=section.get("table", name if fmt == "duckdb" else None),
         )
     return sources
+
+
+_MAPPING_TYPES: dict[str, tuple[type, str]] = {
+    "path": (str, 'a file name in quotes, such as "orders.csv"'),
+    "format": (str, '"csv", "parquet" or "duckdb"'),
+    "delimiter": (str, 'one character in quotes, such as ";" or "\\t", or "whitespace"'),
+    "header": (bool, "true or false"),
+    "names": (list, 'a list of column names, such as ["customer_id", "date"]'),
+    "columns": (dict, 'a sub-section of contract_column = "file column" lines'),
+    "date_format": (str, 'a format in quotes, such as "%d/%m/%Y"'),
+    "table": (str, "a table name in quotes"),
+}
+
+
+def _check_mapping_types(path: Path, name: str, section: dict[str, Any]) -> None:
+    for key, value in section.items():
+        kind, expected = _MAPPING_TYPES[key]
+        ok = isinstance(value, kind) and (kind is not str or value != "")
+        if kind is list:
+            ok = ok and all(isinstance(v, str) and v for v in value)
+        if kind is dict:
+            ok = ok and all(isinstance(v, str) and v for v in value.values())
+        if not ok:
+            raise InputError(f"{path}: section [{name}] has {key} = {value!r}.", f"Write {key} as {expected}.")
 
 
 def load_tables(
@@ -280,7 +317,8 @@ def load_tables(
             table = _read(con, name, src)
         except InputError as exc:
             raw.problems.append(
-                Problem("error", name, exc.message.rstrip("."), exc.fix, file=str(src.path), code="unreadable")
+                Problem("error", name, exc.message.rstrip("."), exc.fix, file=str(src.path),
+                        column=getattr(exc, "column", None), code=getattr(exc, "code", "unreadable"))
             )
             continue
         raw.tables[name] = _rename(table, src)
@@ -291,7 +329,7 @@ def _read(con: Any, name: str, src: TableSource) -> ibis.Table:
     if src.format == "duckdb":
         return _read_duckdb(con, name, src)
     if not src.path.is_file():
-        raise InputError(f"{src.path}: no such file.", "Check the path in the mapping file.")
+        raise InputError("no such file.", "Check the path in the mapping file.")
     try:
         with open(src.path, "rb") as fh:
             head = fh.read(_SNIFF_BYTES)
@@ -313,7 +351,8 @@ def _read(con: Any, name: str, src: TableSource) -> ibis.Table:
     text = _decode_head(head, src)
     if src.delimiter == "whitespace":
         return _read_whitespace(con, name, src)
-    return _read_csv(con, name, src, text)
+    # By content, not by name: a gzip file named .csv, or plain text named .csv.gz, is read as it is.
+    return _read_csv(con, name, src, text, gzipped=head[:2] == b"\x1f\x8b", complete=len(head) < _SNIFF_BYTES)
 
 
 def _decode_head(head: bytes, src: TableSource) -> str:
@@ -347,15 +386,30 @@ def _decode_head(head: bytes, src: TableSource) -> str:
         line = head[: exc.start].count(b"\n") + 1
         raise InputError(
             f"the file is not UTF-8 text (invalid byte 0x{head[exc.start]:02x} on line {line}).",
-            "Save the table as UTF-8 CSV (for example: iconv -f latin1 -t utf-8 in > out).",
+            "Save the table as UTF-8 CSV (for example: iconv -f latin1 -t utf-8 in > out; "
+            "use -f cp1252 for a Windows export).",
         ) from None
 
 
-def _read_csv(con: Any, name: str, src: TableSource, text: str) -> ibis.Table:
+class _HeaderError(InputError):
+    """A problem with the header of a text file, about one contract column."""
+
+    def __init__(self, message: str, fix: str, column: str, code: str) -> None:
+        super().__init__(message, fix)
+        self.column = column
+        self.code = code
+
+
+def _read_csv(
+    con: Any, name: str, src: TableSource, text: str, gzipped: bool = False, complete: bool = True
+) -> ibis.Table:
     lines = [ln for ln in text.splitlines() if ln.strip()]
     if src.header and len(lines) == 0:
         raise InputError("the file has no header and no rows.", "Export the table with a header.")
+    if src.header and not src.names:
+        _check_header(name, src, text)
     options: dict[str, Any] = {
+        "compression": "gzip" if gzipped else "none",
         "all_varchar": True,
         "header": src.header,
         "delim": src.delimiter,
@@ -370,9 +424,67 @@ def _read_csv(con: Any, name: str, src: TableSource, text: str) -> ibis.Table:
         return con.read_csv(str(src.path), table_name=f"raw_{name}", **options)
     except Exception as exc:  # duckdb raises several error types for malformed CSV
         raise InputError(
-            f"the file cannot be parsed as CSV ({_csv_error(exc)}).",
-            _csv_fix(lines[0] if lines else "", src.delimiter),
+            f"the file cannot be parsed as CSV "
+            f"({_first_bad_record(text, src.delimiter, complete) or _csv_error(exc)}).",
+            "Shorten the text fields over 2 MB (or leave those columns out) and export again."
+            if "Maximum line size" in str(exc)
+            else _csv_fix(lines[0] if lines else "", src.delimiter),
         ) from None
+
+
+def _check_header(name: str, src: TableSource, text: str) -> None:
+    """Refuse a header in which two columns name the same contract column.
+
+    DuckDB would rename the second one (``amount_1``) or :func:`_rename` would keep the
+    exact name: either way one of the two columns would be dropped without a word.
+    """
+    if len(src.delimiter) != 1:
+        return
+    try:
+        header = next(csv.reader(io.StringIO(text), delimiter=src.delimiter), [])
+    except csv.Error:
+        return  # DuckDB reports the malformed header
+    reverse = {v: k for k, v in src.columns.items()}
+    by_target: dict[str, list[str]] = {}
+    for col in header:
+        by_target.setdefault(reverse.get(col) or _normalise(col), []).append(col)
+    for target in TABLES[name].column_names:
+        found = by_target.get(target, [])
+        if len(found) > 1:
+            names = ", ".join(repr(c) for c in found)
+            raise _HeaderError(
+                f"the header has {len(found)} columns that name {target} ({names})",
+                "Rename or remove the duplicate columns so that each contract column appears once "
+                "(or map one of them explicitly in a mapping file, docs/mapping.md).",
+                column=target,
+                code="duplicate_column",
+            )
+
+
+def _first_bad_record(text: str, delimiter: str, complete: bool = True) -> str | None:
+    """Where the first malformed record of ``text`` starts, in words; None if none is found.
+
+    ``complete`` is False when ``text`` is only the head of the file: its last, cut line is
+    left out, and a quoted field still open at its end is not an error.
+    """
+    if len(delimiter) != 1:
+        return None
+    if not complete:
+        text = text[: text.rfind("\n") + 1]
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter, strict=True)
+    width = None
+    start = 1
+    try:
+        for record in reader:
+            if record and width is None:
+                width = len(record)
+            elif record and len(record) != width:
+                return f"line {start} has {len(record)} field(s), the header has {width}"
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        if "expected after" in str(exc) or ("end of data" in str(exc) and complete):
+            return f"a quoted field starting on line {start} is not closed, or a quote is misplaced"
+    return None
 
 
 def _read_whitespace(con: Any, name: str, src: TableSource) -> ibis.Table:
@@ -427,7 +539,9 @@ def _rename(table: ibis.Table, src: TableSource) -> ibis.Table:
 
 
 def _normalise(name: str) -> str:
-    return "_".join(name.strip().lower().replace("-", " ").split())
+    # Tabs are kept: a header that is one field holding tabs must stay recognisable as
+    # tab-separated (see the delimiter hint of validate).
+    return "_".join(part for part in re.split(r"[^\S\t]|-", name.strip().lower()) if part)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -437,7 +551,7 @@ def _first_line(exc: BaseException) -> str:
 
 def _csv_error(exc: BaseException) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    keep = [ln for ln in lines if ln.startswith(("CSV Error", "Expected", "Original Line", "Invalid"))]
+    keep = [ln[:160] for ln in lines if ln.startswith(("CSV Error", "Expected", "Original Line", "Invalid", "Maximum"))]
     return "; ".join(keep[:3]) or _first_line(exc)
 
 
@@ -447,8 +561,9 @@ def _csv_fix(header: str, delimiter: str) -> str:
     except csv.Error:
         sniffed = delimiter
     if sniffed != delimiter:
+        shown = sniffed.replace("\t", "\\t")
         return (
             f"The file seems to be separated by {sniffed!r}, not {delimiter!r}: "
-            "set delimiter in a mapping file (docs/mapping.md) or re-export with commas."
+            f'set delimiter = "{shown}" in a mapping file (docs/mapping.md) or re-export with commas.'
         )
     return "Check quoting and that every row has as many fields as the header."
