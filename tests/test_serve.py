@@ -6,11 +6,13 @@ fuzz tests reuse it.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import logging
 import math
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from fastapi.testclient import TestClient
 from clvtier.errors import InputError, ModelError
 from clvtier.predict import Model, load, predict
 from clvtier.serve import Settings, create_app, get_settings
+from clvtier.serve.batching import MicroBatcher, Overloaded
 from clvtier.serve.logs import JsonFormatter
 from clvtier.serve.routes import get_batcher
 from clvtier.serve.schemas import EXAMPLE_REQUEST
@@ -116,8 +119,8 @@ def records(ds: Dataset) -> dict[str, dict[str, Any]]:
         })
     for r in frames.get("engagements", pd.DataFrame()).itertuples(index=False):
         customer(r.customer_id)["engagement"] = {
-            "site_visits": float(r.number_of_site_visits), "emails_opened": float(r.number_of_emails_opened),
-            "clicks": float(r.number_of_clicks),
+            "site_visits": int(r.number_of_site_visits), "emails_opened": int(r.number_of_emails_opened),
+            "clicks": int(r.number_of_clicks),
         }
     for r in frames.get("marketing", pd.DataFrame()).itertuples(index=False):
         customer(r.customer_id)["offers"].append({
@@ -198,6 +201,18 @@ def test_score_without_reasons(client: TestClient) -> None:
     assert r.json()["scores"][0]["reasons"] == []
 
 
+def test_repeated_id_is_scored_per_entry(client: TestClient) -> None:
+    small = one("x", transactions=[{"date": "2023-06-01", "amount": 5.0}])
+    big = one("x", transactions=[{"date": "2023-12-01", "amount": 9000.0}] * 5)
+    both = post(client, [small, big], params={"reasons": "false"}).json()["scores"]
+    alone = [post(client, [c], params={"reasons": "false"}).json()["scores"][0] for c in (small, big)]
+    assert [s["customer_id"] for s in both] == ["x", "x"]
+    assert [s["tier"] for s in both] == [s["tier"] for s in alone]
+    for got, want in zip(both, alone, strict=True):
+        for tier in TIERS:
+            assert abs(got["probabilities"][tier] - want["probabilities"][tier]) <= 1e-12
+
+
 def test_openapi_example_is_accepted(client: TestClient) -> None:
     r = client.post("/v1/score", json=EXAMPLE_REQUEST)
     assert r.status_code == 200, r.text
@@ -266,6 +281,8 @@ def test_api_key(client: TestClient, settings_override: Any) -> None:
     assert client.post("/v1/score", json=body, headers={"X-API-Key": "s3cret-key"}).status_code == 200
     assert client.get("/v1/model", headers={"X-API-Key": "s3cret-key"}).status_code == 200
     assert client.get("/healthz").status_code == 200  # liveness needs no key
+    bad = client.post("/v1/score", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert bad.status_code == 401  # the key is checked before the body is read
 
 
 def test_batch_over_the_limit_is_413(client: TestClient) -> None:
@@ -339,7 +356,6 @@ BAD_PAYLOADS = {
     "as-of-missing": ({"customers": [one()]}, ["body", "as_of"]),
     "as-of-out-of-range": ({"as_of": "1066-10-14", "customers": [one()]}, ["body", "as_of"]),
     "no-customers": ({"as_of": "2024-01-01", "customers": []}, ["body", "customers"]),
-    "duplicate-customer": ({"as_of": "2024-01-01", "customers": [one("x"), one("x")]}, ["body", "customers"]),
     "unknown-field": ({"as_of": "2024-01-01", "customers": [one(colour="red")]}, ["body", "customers", 0, "colour"]),
     "id-with-spaces": ({"as_of": "2024-01-01", "customers": [one(" x")]}, ["body", "customers", 0, "customer_id"]),
     "control-characters": (
@@ -350,6 +366,19 @@ BAD_PAYLOADS = {
         {"as_of": "2024-01-01",
          "customers": [one(engagement={"site_visits": -1, "emails_opened": 0, "clicks": 0})]},
         ["body", "customers", 0, "engagement", "site_visits"],
+    ),
+    "fractional-count": (
+        {"as_of": "2024-01-01",
+         "customers": [one(engagement={"site_visits": 1, "emails_opened": 5e-324, "clicks": 1})]},
+        ["body", "customers", 0, "engagement", "emails_opened"],
+    ),
+    "date-as-number": (
+        {"as_of": "2024-01-01", "customers": [one(transactions=[{"date": 0, "amount": 1}])]},
+        ["body", "customers", 0, "transactions", 0, "date"],
+    ),
+    "amount-as-string": (
+        {"as_of": "2024-01-01", "customers": [one(transactions=[{"date": "2023-01-01", "amount": "1.5"}])]},
+        ["body", "customers", 0, "transactions", 0, "amount"],
     ),
     "long-string": (
         {"as_of": "2024-01-01", "customers": [one(profile={"gender": "x" * 500})]},
@@ -370,11 +399,17 @@ def test_bad_payload_is_422_with_field_path(client: TestClient, case: str) -> No
     assert_no_leak(r)
 
 
-@pytest.mark.parametrize("content", [b"{not json", b"NaN", b'{"as_of": "2024-01-01", "customers": '
-                                     b'[{"customer_id": "a", "transactions": [{"date": "2023-01-01", "amount": NaN}]}]}',
-                                     b'{"as_of": "2024-01-01", "customers": [{"customer_id": "a", "transactions": '
-                                     b'[{"date": "2023-01-01", "amount": 1e999}]}]}'],
-                         ids=["broken-json", "bare-nan", "nan-amount", "infinite-amount"])
+MALFORMED = {
+    "broken-json": b"{not json",
+    "bare-nan": b"NaN",
+    "nan-amount": b'{"as_of": "2024-01-01", "customers": [{"customer_id": "a", '
+                  b'"transactions": [{"date": "2023-01-01", "amount": NaN}]}]}',
+    "infinite-amount": b'{"as_of": "2024-01-01", "customers": [{"customer_id": "a", '
+                       b'"transactions": [{"date": "2023-01-01", "amount": 1e999}]}]}',
+}
+
+
+@pytest.mark.parametrize("content", list(MALFORMED.values()), ids=list(MALFORMED))
 def test_malformed_json_is_422(client: TestClient, content: bytes) -> None:
     r = client.post("/v1/score", content=content, headers={"Content-Type": "application/json"})
     assert r.status_code == 422
@@ -387,6 +422,25 @@ def test_every_problem_reported_at_once(client: TestClient) -> None:
     assert ("body", "customers", 0, "transactions", 0, "date") in locs
     assert ("body", "customers", 0, "transactions", 0, "amount") in locs
     assert ("body", "customers", 0, "offers", 0, "response") in locs
+
+
+def test_features_the_model_cannot_take_are_422(client: TestClient) -> None:
+    cancelling = [{"date": "2023-01-01", "amount": 1e9, "category": "Electronics"},
+                  {"date": "2023-01-01", "amount": -1e9, "category": "Clothing"},
+                  {"date": "2023-01-02", "amount": 5e-324, "category": "Home Goods"}]  # share = 1e9 / 5e-324
+    r = post(client, [one("fine"), one("odd", transactions=cancelling)])
+    assert r.status_code == 422
+    assert r.json()["detail"].startswith("customers [1] cannot be scored")
+    assert post(client, [one("fine")]).status_code == 200
+
+
+@pytest.mark.parametrize(("method", "url"), [("post", "/v1/score?reason=false"), ("get", "/v1/model?x=1"),
+                                             ("get", "/healthz?verbose=1")], ids=["score", "model", "healthz"])
+def test_unknown_query_parameter_is_422(client: TestClient, method: str, url: str) -> None:
+    kwargs = {"json": {"as_of": "2024-01-01", "customers": [one()]}} if method == "post" else {}
+    r = getattr(client, method)(url, **kwargs)
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["loc"][0] == "query"
 
 
 def test_not_found_and_wrong_method(client: TestClient) -> None:
@@ -424,6 +478,48 @@ def test_errors_are_mapped_without_internals(trained: tuple[Path, Path], exc: Ex
         assert "boom" not in r.text and "skops" not in r.text
 
 
+def test_overload_is_503_with_retry_after(trained: tuple[Path, Path]) -> None:
+    app = create_app(Settings(model_dir=trained[1]))
+    with TestClient(app) as c:
+        app.dependency_overrides[get_batcher] = lambda: _Broken(Overloaded("60,000 customers are waiting."))
+        r = post(c, [one()])
+    assert r.status_code == 503
+    assert r.headers["Retry-After"] == "1"
+    assert "overloaded" in r.json()["detail"]
+
+
+def test_batcher_merges_queued_requests_and_sheds_beyond_the_queue_limit() -> None:
+    calls: list[int] = []
+
+    class SlowScorer:
+        def score(self, customers: list[Any], as_of: dt.date, with_reasons: bool) -> list[dict[str, Any]]:
+            calls.append(len(customers))
+            time.sleep(0.2)
+            return [{"customer_id": c.customer_id} for c in customers]
+
+    def customers(*ids: str) -> list[Any]:
+        from clvtier.serve.schemas import Customer
+        return [Customer(customer_id=i) for i in ids]
+
+    async def scenario() -> list[Any]:
+        batcher = MicroBatcher(SlowScorer(), workers=1, max_queued=3)  # type: ignore[arg-type]
+        await batcher.start()
+        try:
+            first = asyncio.create_task(batcher.score(customers("a"), dt.date(2024, 1, 1), False))
+            await asyncio.sleep(0.05)  # "a" is being scored; the next two queue up and are merged
+            queued = [asyncio.create_task(batcher.score(customers(x), dt.date(2024, 1, 1), False)) for x in "bc"]
+            await asyncio.sleep(0)
+            with pytest.raises(Overloaded):
+                await batcher.score(customers("d", "e"), dt.date(2024, 1, 1), False)  # 2 waiting + 2 > 3
+            return [await first, *[await t for t in queued]]
+        finally:
+            await batcher.stop()
+
+    results = asyncio.run(scenario())
+    assert [[s["customer_id"] for s in r] for r in results] == [["a"], ["b"], ["c"]]
+    assert calls == [1, 2]
+
+
 def test_one_json_log_line_per_request(client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="clvtier.serve"):
         r = client.get("/healthz", headers={"X-Request-ID": "log-me"})
@@ -441,7 +537,7 @@ def test_settings_from_env(tmp_path: Path) -> None:
     s = Settings.from_env(env)
     assert (s.model_dir, s.api_key, s.max_customers) == (tmp_path, "k", 5)
     assert "k" not in repr(s)
-    assert Settings.from_env(env, api_key="other").api_key == "other"
+    assert Settings.from_env(env, {"api_key": "other", "max_customers": None}).api_key == "other"
     with pytest.raises(InputError, match="no model"):
         Settings.from_env({})
     with pytest.raises(InputError, match="max_customers"):

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
-from clvtier.errors import ClvtierError
+from clvtier.errors import ClvtierError, ModelError
 from clvtier.predict import load
 from clvtier.serve import handlers
 from clvtier.serve.batching import MicroBatcher
 from clvtier.serve.logs import LOGGER, configure_logging
 from clvtier.serve.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from clvtier.serve.routes import router, v1
+from clvtier.serve.schemas import ScoreRequest
 from clvtier.serve.scoring import Scorer
 from clvtier.serve.settings import Settings
 
@@ -44,7 +49,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.startup_error = exc
         log.error("cannot start: %s", exc)
         raise
-    batcher = MicroBatcher(scorer, workers=settings.max_concurrency)
+    batcher = MicroBatcher(scorer, workers=settings.max_concurrency, max_queued=settings.max_queued_customers)
     await batcher.start()
     app.state.model = model
     app.state.batcher = batcher
@@ -70,7 +75,7 @@ def create_app(settings: Settings) -> FastAPI:
     >>> from fastapi.testclient import TestClient  # doctest: +SKIP
     >>> with TestClient(create_app(Settings(model_dir="runs/1"))) as client:  # doctest: +SKIP
     ...     client.get("/healthz").json()
-    {'status': 'ok', 'model': 'hist_gb'}
+    {'status': 'ok', 'model': 'logreg'}
     """
     from clvtier import __version__
 
@@ -80,10 +85,25 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.startup_error = None
     app.include_router(router)
     app.include_router(v1)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     handlers.install(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware)  # added last: runs first
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema plus the request body models, which the score route parses itself."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                             routes=app.routes)
+        body = ScoreRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(body.pop("$defs", {}))
+        components["ScoreRequest"] = body
+        schema["components"]["schemas"] = dict(sorted(components.items()))
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 def run(model_dir: str | Path | None = None, host: str = "127.0.0.1", port: int = 8000,
@@ -108,11 +128,27 @@ def run(model_dir: str | Path | None = None, host: str = "127.0.0.1", port: int 
     """
     import uvicorn
 
-    settings = Settings.from_env(model_dir=model_dir, api_key=api_key, **limits)
+    settings = Settings.from_env(overrides={"model_dir": model_dir, "api_key": api_key, **limits})
     configure_logging()
     app = create_app(settings)
     config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
                             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, server_header=False)
-    uvicorn.Server(config).run()
+    server = uvicorn.Server(config)
+    # uvicorn finishes in-flight requests on SIGTERM, then re-raises the signal for the
+    # previous handler: make that one a no-op, so a graceful stop exits with status 0.
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _stopped) if in_main else None
+    try:
+        server.run()
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
     if app.state.startup_error is not None:
         raise app.state.startup_error
+    if not server.started:
+        raise ModelError("the service could not start (the log above says why).",
+                         "Check the model directory and that the port is free.")
+
+
+def _stopped(signum: int, frame: object) -> None:
+    """SIGTERM after uvicorn's graceful shutdown: nothing left to do."""

@@ -14,14 +14,20 @@ customer and the model scores rows independently.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 
+from clvtier.errors import InputError
 from clvtier.serve.schemas import Customer
 from clvtier.serve.scoring import Scorer
+
+
+class Overloaded(Exception):
+    """More customers are waiting to be scored than the service accepts to queue."""
 
 
 @dataclass
@@ -42,12 +48,18 @@ class MicroBatcher:
         Scoring calls running at the same time.
     max_customers : int
         Requests are merged up to this many customers (a larger request runs alone).
+    max_queued : int
+        Customers allowed to wait; a request that would exceed it is refused with
+        :class:`Overloaded` at once, rather than answered late.
     """
 
-    def __init__(self, scorer: Scorer, workers: int = 2, max_customers: int = 1000) -> None:
+    def __init__(self, scorer: Scorer, workers: int = 2, max_customers: int = 1000,
+                 max_queued: int = 50_000) -> None:
         self.scorer = scorer
         self.workers = workers
         self.max_customers = max_customers
+        self.max_queued = max_queued
+        self._queued = 0
         self._queue: asyncio.Queue[_Job] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._limiter = anyio.CapacityLimiter(workers)
@@ -60,17 +72,18 @@ class MicroBatcher:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await task
-            except asyncio.CancelledError:
-                pass
         self._tasks = []
 
     async def score(self, customers: list[Customer], as_of: dt.date, reasons: bool) -> list[dict[str, Any]]:
         """Scores of ``customers`` at ``as_of``, in order, computed with whatever else is queued."""
         if self._queue is None:
             raise RuntimeError("the batcher is not started")
+        if self._queued and self._queued + len(customers) > self.max_queued:
+            raise Overloaded(f"{self._queued:,} customers are already waiting to be scored.")
         job = _Job(customers, as_of, reasons, asyncio.get_running_loop().create_future())
+        self._queued += len(customers)
         self._queue.put_nowait(job)
         return await job.done
 
@@ -83,6 +96,7 @@ class MicroBatcher:
                 nxt = self._queue.get_nowait()
                 jobs.append(nxt)
                 n += len(nxt.customers)
+            self._queued -= n
             groups: dict[tuple[dt.date, bool], list[_Job]] = {}
             for job in jobs:
                 groups.setdefault((job.as_of, job.reasons), []).append(job)
@@ -91,22 +105,34 @@ class MicroBatcher:
                 if not live:
                     continue
                 try:
-                    scores = await anyio.to_thread.run_sync(self._score, live, as_of, reasons,
-                                                            limiter=self._limiter)
+                    results = await anyio.to_thread.run_sync(self._score, live, as_of, reasons,
+                                                             limiter=self._limiter)
                 except Exception as exc:  # delivered to every caller in the group
-                    for job in live:
-                        if not job.done.done():
-                            job.done.set_exception(exc)
-                    continue
-                for job, result in zip(live, scores, strict=True):
-                    if not job.done.done():
+                    results = [exc for _ in live]
+                for job, result in zip(live, results, strict=True):
+                    if job.done.done():
+                        continue
+                    if isinstance(result, BaseException):
+                        job.done.set_exception(result)
+                    else:
                         job.done.set_result(result)
 
-    def _score(self, jobs: list[_Job], as_of: dt.date, reasons: bool) -> list[list[dict[str, Any]]]:
+    def _score(self, jobs: list[_Job], as_of: dt.date,
+               reasons: bool) -> list[list[dict[str, Any]] | Exception]:
         customers = [c for job in jobs for c in job.customers]
         scores = self.scorer.score(customers, as_of, with_reasons=reasons)
-        out, start = [], 0
+        out: list[list[dict[str, Any]] | Exception] = []
+        start = 0
         for job in jobs:
-            out.append(scores[start:start + len(job.customers)])
+            mine = scores[start:start + len(job.customers)]
             start += len(job.customers)
+            unscored = [i for i, s in enumerate(mine) if s is None]
+            if unscored:  # only this request fails
+                out.append(InputError(
+                    f"customers {unscored[:10]} cannot be scored: their records give features the model "
+                    "cannot take (for example the spend share of a total that cancels out to almost zero).",
+                    "Check those customers' transaction amounts.",
+                ))
+            else:
+                out.append([s for s in mine if s is not None])
         return out

@@ -7,6 +7,7 @@ details of a server-side failure go to the log, under the same request id.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -21,7 +22,7 @@ log = logging.getLogger(LOGGER)
 
 
 def _error(request: Request, status: int, detail: object, fix: str | None = None,
-           headers: dict[str, str] | None = None) -> JSONResponse:
+           headers: Mapping[str, str] | None = None) -> JSONResponse:
     rid = request_id(request.scope)
     body: dict[str, object] = {"detail": detail, "request_id": rid}
     if fix:

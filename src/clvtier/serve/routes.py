@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from typing import Annotated, Any
 
+import anyio
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import APIKeyHeader
 
 from clvtier.predict import Model
-from clvtier.serve.schemas import ErrorBody, Health, ModelInfo, ScoreRequest, ScoreResponse
-from clvtier.serve.batching import MicroBatcher
+from clvtier.serve.batching import MicroBatcher, Overloaded
+from clvtier.serve.schemas import (
+    ErrorBody,
+    Health,
+    ModelInfo,
+    ScoreRequest,
+    ScoreResponse,
+    parse_score_request,
+)
 from clvtier.serve.settings import Settings, get_settings
 from clvtier.target import TIERS
 
@@ -37,22 +47,57 @@ def require_api_key(
         raise HTTPException(401, "missing or wrong API key.", headers={"WWW-Authenticate": "APIKey"})
 
 
+def only_query(*names: str) -> Callable[[Request], None]:
+    """A dependency: 422 for query parameters other than ``names`` (a misspelt ``reasons`` must not pass)."""
+    allowed = frozenset(names)
+
+    def check(request: Request) -> None:
+        unknown = sorted(set(request.query_params) - allowed)
+        if unknown:
+            raise RequestValidationError([
+                {"loc": ("query", name), "msg": "unknown query parameter", "type": "extra_forbidden"}
+                for name in unknown
+            ])
+
+    return check
+
+
+#: Bodies up to this size are parsed on the event loop; larger ones in a worker thread.
+_SMALL_BODY = 64 * 1024
+
+
+async def score_request(request: Request) -> ScoreRequest:
+    """The request body, parsed and validated straight from JSON bytes (see :func:`parse_score_request`)."""
+    raw = await request.body()
+    if len(raw) <= _SMALL_BODY:
+        return parse_score_request(raw)
+    return await anyio.to_thread.run_sync(parse_score_request, raw)
+
+
+#: The body is parsed by :func:`score_request`, not by FastAPI: document it by hand.
+SCORE_REQUEST_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"$ref": "#/components/schemas/ScoreRequest"}}}}}
+
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "Missing or wrong X-API-Key."},
     500: {"model": ErrorBody, "description": "Internal error (details in the log, under the request id)."},
+}
+
+_UNKNOWN_QUERY: dict[int | str, dict[str, Any]] = {
+    422: {"model": ErrorBody, "description": "Unknown query parameter."},
 }
 
 router = APIRouter()
 v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=_ERRORS)
 
 
-@router.get("/healthz", tags=["service"])
+@router.get("/healthz", tags=["service"], dependencies=[Depends(only_query())], responses=_UNKNOWN_QUERY)
 async def healthz(model: Annotated[Model, Depends(get_model)]) -> Health:
     """Liveness and readiness: the model is loaded."""
     return Health(status="ok", model=str(model.metadata.get("chosen_model", "")))
 
 
-@v1.get("/model", tags=["model"])
+@v1.get("/model", tags=["model"], dependencies=[Depends(only_query())], responses=_UNKNOWN_QUERY)
 async def model_info(model: Annotated[Model, Depends(get_model)]) -> ModelInfo:
     """The served model: mode, target, cutoff, horizon, tier thresholds, headline metrics, features, versions."""
     meta = model.metadata
@@ -77,13 +122,16 @@ async def model_info(model: Annotated[Model, Depends(get_model)]) -> ModelInfo:
     "/score",
     tags=["model"],
     response_model=ScoreResponse,
+    openapi_extra=SCORE_REQUEST_BODY,
+    dependencies=[Depends(only_query("reasons"))],
     responses={
         413: {"model": ErrorBody, "description": "Body, batch or a customer's records over the limits."},
         422: {"model": ErrorBody, "description": "Invalid payload: every problem with its field path."},
+        503: {"model": ErrorBody, "description": "Too many customers waiting to be scored; retry (Retry-After)."},
     },
 )
 async def score(
-    body: ScoreRequest,
+    body: Annotated[ScoreRequest, Depends(score_request)],
     model: Annotated[Model, Depends(get_model)],
     settings: Annotated[Settings, Depends(get_settings)],
     batcher: Annotated[MicroBatcher, Depends(get_batcher)],
@@ -104,6 +152,10 @@ async def score(
         if n > settings.max_records_per_customer:
             raise HTTPException(413, f"customers[{i}] has {n:,} transactions and offers; "
                                      f"the limit is {settings.max_records_per_customer:,} per customer.")
-    scores = await batcher.score(body.customers, body.as_of, reasons)
+    try:
+        scores = await batcher.score(body.customers, body.as_of, reasons)
+    except Overloaded as exc:
+        raise HTTPException(503, f"the service is overloaded: {exc} Retry shortly.",
+                            headers={"Retry-After": "1"}) from None
     # A plain dict: FastAPI validates it against ScoreResponse and serialises it in pydantic-core.
     return {"model": str(model.metadata.get("chosen_model", "")), "as_of": body.as_of, "scores": scores}

@@ -12,20 +12,38 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema
 
 MIN_DATE = dt.date(1900, 1, 1)
 MAX_DATE = dt.date(2199, 12, 31)
 
-Date = Annotated[dt.date, Field(ge=MIN_DATE, le=MAX_DATE)]
+#: YYYY-MM-DD from 1900 to 2199; the pattern is in the schema too, for clients and fuzzers.
+DATE_PATTERN = r"^(19\d{2}|2[01]\d{2})-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])$"
+#: Strict: from JSON, only a YYYY-MM-DD string (not a number, not a timestamp) is a date.
+Date = Annotated[
+    dt.date, Field(strict=True, ge=MIN_DATE, le=MAX_DATE),
+    WithJsonSchema({"type": "string", "format": "date", "pattern": DATE_PATTERN}),
+]
+#: The default limits (``Settings``); beyond them the service answers 413, not 422.
+MAX_CUSTOMERS = 10_000
+MAX_RECORDS = 5_000
 #: Free text: no control characters; blank means missing (as in the files).
 Text = Annotated[str, Field(max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")]
-#: Identifiers: no control characters, no surrounding whitespace.
+#: Identifiers: no control characters, no surrounding blanks. (Patterns avoid ``\s``, whose
+#: meaning differs between regex engines: JSON Schema's, Rust's and Python's.)
 Id = Annotated[
-    str, Field(min_length=1, max_length=128, pattern=r"^[^\s\x00-\x1f\x7f]([^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f])?$")
+    str, Field(min_length=1, max_length=128, pattern=r"^[^ \x00-\x1f\x7f]([^\x00-\x1f\x7f]*[^ \x00-\x1f\x7f])?$")
 ]
-Count = Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)]
-Amount = Annotated[float, Field(ge=-1e9, le=1e9, allow_inf_nan=False)]
+def _whole_number(value: object) -> object:
+    """JSON's 3.0 is the integer 3 (JSON Schema agrees); 3.5 is not."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+#: Numbers are JSON numbers (strict: no strings, no booleans), finite and bounded.
+Count = Annotated[int, Field(strict=True, ge=0, le=1_000_000_000), BeforeValidator(_whole_number)]
+Amount = Annotated[float, Field(strict=True, ge=-1e9, le=1e9, allow_inf_nan=False)]
 
 _STRICT = ConfigDict(extra="forbid")
 
@@ -36,7 +54,7 @@ class Profile(BaseModel):
     model_config = _STRICT
 
     join_date: Date | None = None
-    age: Annotated[float, Field(ge=0, le=150, allow_inf_nan=False)] | None = None
+    age: Annotated[float, Field(strict=True, ge=0, le=150, allow_inf_nan=False)] | None = None
     gender: Text | None = None
     location: Text | None = None
 
@@ -69,7 +87,9 @@ class Offer(BaseModel):
 
     date: Date
     response: Literal["Yes", "No"]
-    promotion_type: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]*\S[^\x00-\x1f\x7f]*$")]
+    promotion_type: Annotated[
+        str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]*[^ \x00-\x1f\x7f][^\x00-\x1f\x7f]*$")
+    ]
     id: Id | None = None
 
 
@@ -80,18 +100,12 @@ class Customer(BaseModel):
 
     customer_id: Id
     profile: Profile | None = None
-    transactions: list[Transaction] = Field(default_factory=list)
+    transactions: list[Transaction] = Field(
+        default_factory=list, json_schema_extra={"maxItems": MAX_RECORDS},
+        description="Transactions and offers together: at most max_records_per_customer (5,000 by default).",
+    )
     engagement: Engagement | None = None
-    offers: list[Offer] = Field(default_factory=list)
-
-
-def _unique_ids(customers: list[Customer]) -> list[Customer]:
-    seen: set[str] = set()
-    for c in customers:
-        if c.customer_id in seen:
-            raise ValueError(f"customer_id {c.customer_id[:40]!r} appears more than once; send each customer once")
-        seen.add(c.customer_id)
-    return customers
+    offers: list[Offer] = Field(default_factory=list, json_schema_extra={"maxItems": MAX_RECORDS})
 
 
 EXAMPLE_REQUEST: dict[str, Any] = {
@@ -113,14 +127,19 @@ EXAMPLE_REQUEST: dict[str, Any] = {
 
 
 class ScoreRequest(BaseModel):
-    """Customers to score at a date: features use their events strictly before ``as_of``."""
+    """Customers to score at a date: features use their events strictly before ``as_of``.
+
+    Validate request bodies with :func:`parse_score_request` (from JSON bytes): dates
+    are strict, so a Python dict with date strings does not validate.
+    """
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [EXAMPLE_REQUEST]})
 
     as_of: Date
-    customers: Annotated[list[Customer], Field(min_length=1), AfterValidator(_unique_ids)] = Field(
-        description="1 to max_customers (10,000 by default) customers, each customer_id once; "
-        "more are answered with 413."
+    customers: list[Customer] = Field(
+        min_length=1, json_schema_extra={"maxItems": MAX_CUSTOMERS},
+        description="1 to max_customers (10,000 by default) customers, answered in this order; more are "
+        "answered with 413. Each entry is scored from its own records, even when an id repeats.",
     )
 
 
@@ -221,3 +240,22 @@ class ErrorBody(BaseModel):
     detail: str | list[ValidationIssue]
     fix: str | None = None
     request_id: str
+
+
+def parse_score_request(raw: bytes) -> ScoreRequest:
+    """Parse and validate a request body in one pass (pydantic-core, no intermediate objects).
+
+    Raises
+    ------
+    RequestValidationError
+        Listing every problem with its path from ``body``, as FastAPI reports them.
+    """
+    from fastapi.exceptions import RequestValidationError
+
+    try:
+        return ScoreRequest.model_validate_json(raw)
+    except ValidationError as exc:
+        raise RequestValidationError([
+            {"loc": ("body", *e["loc"]), "msg": e["msg"], "type": e["type"]}
+            for e in exc.errors(include_url=False, include_input=False, include_context=False)
+        ]) from None

@@ -4,7 +4,7 @@ The features are :func:`clvtier.features.feature_expr`, the expression ``clvtier
 predict`` runs. Compiling it costs far more than running it on one customer, so
 :class:`FeatureQuery` compiles it once, at start-up, over placeholder tables with
 the contract schemas, with the cutoff left as the bound parameter ``$cutoff``.
-Each request registers its records as Arrow tables of those names on its own
+Each scoring call registers its records as Arrow tables of those names on its own
 DuckDB cursor, runs the SQL, and scores the frame with
 :func:`clvtier.predict.score_frame`, as ``clvtier predict`` does.
 """
@@ -22,6 +22,7 @@ import ibis
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import sqlglot.expressions as sge
 
 from clvtier.errors import ModelError
@@ -99,11 +100,10 @@ def _compile_with_parameter(expr: Any, param: Any) -> str:
     return sql
 
 
-def _text(value: str | None) -> str | None:
-    """Text as validation types it: stripped; blank is missing."""
-    if value is None:
-        return None
-    return value.strip(string.whitespace) or None
+def _text(values: list[str | None]) -> pa.Array:
+    """Text as validation types it: stripped of ASCII whitespace; blank is missing."""
+    trimmed = pc.utf8_trim(pa.array(values, pa.string()), characters=string.whitespace)
+    return pc.if_else(pc.equal(trimmed, ""), pa.scalar(None, pa.string()), trimmed)
 
 
 def request_tables(customers: Sequence[Customer], tables: Sequence[str]) -> dict[str, pa.Table]:
@@ -121,7 +121,7 @@ def request_tables(customers: Sequence[Customer], tables: Sequence[str]) -> dict
         "customer_id": [k for k, _ in tx],
         "transaction_date": [t.date for _, t in tx],
         "transaction_amount": [t.amount for _, t in tx],
-        "product_category": [_text(t.category) for _, t in tx],
+        "product_category": _text([t.category for _, t in tx]),
     })
     if "customers" in tables:
         rows = [(k, c.profile) for k, c in zip(keys, customers, strict=True) if c.profile is not None]
@@ -130,8 +130,8 @@ def request_tables(customers: Sequence[Customer], tables: Sequence[str]) -> dict
             "join_date": [p.join_date for _, p in rows],
             "last_purchase_date": [None] * len(rows),
             "age": [p.age for _, p in rows],
-            "gender": [_text(p.gender) for _, p in rows],
-            "location": [_text(p.location) for _, p in rows],
+            "gender": _text([p.gender for _, p in rows]),
+            "location": _text([p.location for _, p in rows]),
         })
     if "engagements" in tables:
         eng = [(k, c.engagement) for k, c in zip(keys, customers, strict=True) if c.engagement is not None]
@@ -147,14 +147,17 @@ def request_tables(customers: Sequence[Customer], tables: Sequence[str]) -> dict
             "campaign_id": [o.id for _, o in offers],
             "customer_id": [k for k, _ in offers],
             "response": [o.response for _, o in offers],
-            "promotion_type": [_text(o.promotion_type) for _, o in offers],
+            "promotion_type": _text([o.promotion_type for _, o in offers]),
             "campaign_date": [o.date for _, o in offers],
         })
     return out
 
 
-def _arrow(schema: dict[str, str], columns: dict[str, list[Any]]) -> pa.Table:
-    return pa.table({name: pa.array(columns[name], _ARROW_TYPES[kind]) for name, kind in schema.items()})
+def _arrow(schema: dict[str, str], columns: dict[str, Any]) -> pa.Table:
+    return pa.table({
+        name: col if isinstance(col := columns[name], pa.Array) else pa.array(col, _ARROW_TYPES[kind])
+        for name, kind in schema.items()
+    })
 
 
 class Scorer:
@@ -189,26 +192,38 @@ class Scorer:
         frame["customer_id"] = frame["customer_id"].astype(str)
         return frame
 
-    def score(self, customers: Sequence[Customer], as_of: dt.date, with_reasons: bool = True) -> list[dict[str, Any]]:
-        """Tier, probabilities and top reasons of each customer, in the order given."""
+    def score(self, customers: Sequence[Customer], as_of: dt.date,
+              with_reasons: bool = True) -> list[dict[str, Any] | None]:
+        """Tier, probabilities and top reasons of each customer, in the order given.
+
+        ``None`` for a customer whose records give features the model cannot take:
+        infinite values, such as the spend share of a total that cancels out to
+        almost zero. The other customers are scored as usual.
+        """
         frame = self.features(customers, as_of)
-        scores = score_frame(self.model, frame, with_reasons=with_reasons)
-        order = pd.Index(scores["customer_id"]).get_indexer([str(i) for i in range(len(customers))])
-        if len(scores) != len(customers) or (order < 0).any():
-            raise ModelError(f"scoring produced {len(scores)} rows for {len(customers)} customers.",
+        if len(frame) != len(customers):
+            raise ModelError(f"the features have {len(frame)} rows for {len(customers)} customers.",
                              "This is a bug; report it with the request's shape.")
-        tiers = scores["tier"].to_numpy()[order].tolist()
-        proba = scores[["p_low", "p_medium", "p_high"]].to_numpy(dtype=np.float64)[order].tolist()
-        reasons: list[list[dict[str, Any]]] = [[] for _ in customers]
+        bad = np.isinf(frame.select_dtypes("number").to_numpy(dtype=np.float64)).any(axis=1)
+        out: list[dict[str, Any] | None] = [None] * len(customers)
+        if bad.all():
+            return out
+        scores = score_frame(self.model, frame[~bad] if bad.any() else frame, with_reasons=with_reasons)
+        rows = scores["customer_id"].astype(int).tolist()
+        tiers = scores["tier"].tolist()
+        proba = scores[["p_low", "p_medium", "p_high"]].to_numpy(dtype=np.float64)
+        finite = np.isfinite(proba).all(axis=1)
+        reasons: list[list[dict[str, Any]]] = [[] for _ in rows]
         if with_reasons:
             for k in range(1, N_REASONS + 1):
-                names = scores[f"reason_{k}"].to_numpy()[order].tolist()
-                effects = scores[f"reason_{k}_effect"].to_numpy(dtype=np.float64)[order].tolist()
-                for why, name, effect in zip(reasons, names, effects, strict=True):
+                names = scores[f"reason_{k}"].tolist()
+                effects = scores[f"reason_{k}_effect"].to_numpy(dtype=np.float64)
+                finite &= np.isfinite(effects)
+                for why, name, effect in zip(reasons, names, effects.tolist(), strict=True):
                     if name:
                         why.append({"feature": name, "effect": effect})
-        return [
-            {"customer_id": c.customer_id, "tier": tier,
-             "probabilities": {"Low": p[0], "Medium": p[1], "High": p[2]}, "reasons": why}
-            for c, tier, p, why in zip(customers, tiers, proba, reasons, strict=True)
-        ]
+        for row, tier, p, ok, why in zip(rows, tiers, proba.tolist(), finite.tolist(), reasons, strict=True):
+            if ok:
+                out[row] = {"customer_id": customers[row].customer_id, "tier": tier,
+                            "probabilities": {"Low": p[0], "Medium": p[1], "High": p[2]}, "reasons": why}
+        return out

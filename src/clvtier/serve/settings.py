@@ -14,6 +14,7 @@ from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from clvtier.errors import InputError
+from clvtier.serve.schemas import MAX_CUSTOMERS, MAX_RECORDS
 
 #: Environment variable -> settings field.
 ENV_VARS = {
@@ -23,6 +24,7 @@ ENV_VARS = {
     "CLVTIER_MAX_CUSTOMERS": "max_customers",
     "CLVTIER_MAX_RECORDS": "max_records_per_customer",
     "CLVTIER_MAX_CONCURRENCY": "max_concurrency",
+    "CLVTIER_MAX_QUEUED": "max_queued_customers",
 }
 
 
@@ -42,7 +44,9 @@ class Settings(BaseModel):
     max_records_per_customer : int
         Transactions plus offers of one customer (413 beyond).
     max_concurrency : int
-        Scoring requests computed at the same time; the others wait.
+        Scoring computations running at the same time; the others wait.
+    max_queued_customers : int
+        Customers allowed to wait for scoring; beyond, requests get 503 at once.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -50,18 +54,20 @@ class Settings(BaseModel):
     model_dir: Path
     api_key: str | None = Field(default=None, repr=False, min_length=1)
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
-    max_customers: int = Field(default=10_000, ge=1)
-    max_records_per_customer: int = Field(default=5_000, ge=1)
+    max_customers: int = Field(default=MAX_CUSTOMERS, ge=1)
+    max_records_per_customer: int = Field(default=MAX_RECORDS, ge=1)
     max_concurrency: int = Field(default=2, ge=1, le=64)
+    max_queued_customers: int = Field(default=50_000, ge=1)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
-        """Settings from ``CLVTIER_*`` environment variables; explicit ``overrides`` win (None = unset)."""
+    def from_env(cls, environ: Mapping[str, str] | None = None,
+                 overrides: Mapping[str, object] | None = None) -> Settings:
+        """Settings from ``CLVTIER_*`` environment variables; ``overrides`` win (a None value is unset)."""
         environ = os.environ if environ is None else environ
         values: dict[str, object] = {
             field: environ[var] for var, field in ENV_VARS.items() if environ.get(var, "") != ""
         }
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
         if "model_dir" not in values:
             raise InputError("no model to serve.", "Pass --model RUN_DIR or set CLVTIER_MODEL.")
         try:

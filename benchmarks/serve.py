@@ -1,0 +1,242 @@
+"""Bounded load run of ``clvtier serve`` on loopback (at most about a minute of load).
+
+1. Single-customer requests sent at a fixed rate (open loop: a slow answer does not
+   delay the next request), latency measured from the scheduled send time; with
+   ``reasons=true`` (the default) and then ``reasons=false``.
+2. 1,000-customer batches, with ``reasons=false`` and ``reasons=true``: customers/s.
+
+The server runs in its own process on a free loopback port; a small model is trained
+first when ``--model`` is not given. The last line is machine-readable::
+
+    serve p50_ms=... p99_ms=... errors=... batch_customers_per_s=...
+
+(p50/p99 are single-customer requests with the default ``reasons=true``;
+``batch_customers_per_s`` is the ``reasons=false`` batch figure. The other figures are
+printed above it.)
+
+Usage::
+
+    python benchmarks/serve.py [--model RUN_DIR] [--rate 50] [--seconds 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+
+#: A single-customer request slower than this counts as an error (and bounds the run).
+REQUEST_TIMEOUT_S = 10.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_data(workdir: Path, n_customers: int, seed: int) -> Path:
+    from clvtier.generate import generate
+
+    out = workdir / "data"
+    generate(n_customers, seed=seed, out=out)
+    return out
+
+
+def train_model(data_dir: Path, workdir: Path) -> Path:
+    from clvtier.persist import write_run
+    from clvtier.train import TrainConfig, train
+    from clvtier.validate import load
+
+    run_dir = workdir / "run"
+    result = train(load(data_dir), TrainConfig(candidates=("logreg",), cv_folds=3, n_boot=20, backtests=0))
+    write_run(result, run_dir)
+    return run_dir
+
+
+def customer_records(data_dir: Path) -> tuple[list[dict[str, Any]], str]:
+    """Every customer of a data set as a request customer, and the as-of date after its last transaction."""
+    from clvtier.validate import load
+
+    ds = load(data_dir)
+    frames = {name: ds.con.execute(t) for name, t in ds.tables.items()}
+
+    def iso(v: Any) -> str | None:
+        return None if pd.isna(v) else pd.Timestamp(v).date().isoformat()
+
+    def opt(v: Any) -> Any:
+        return None if pd.isna(v) else v
+
+    out: dict[str, dict[str, Any]] = {}
+
+    def get(cid: Any) -> dict[str, Any]:
+        return out.setdefault(str(cid), {"customer_id": str(cid), "transactions": [], "offers": []})
+
+    for r in frames.get("customers", pd.DataFrame()).itertuples(index=False):
+        get(r.customer_id)["profile"] = {"join_date": iso(r.join_date), "age": opt(r.age),
+                                         "gender": opt(r.gender), "location": opt(r.location)}
+    for r in frames["transactions"].itertuples(index=False):
+        get(r.customer_id)["transactions"].append({
+            "date": iso(r.transaction_date), "amount": float(r.transaction_amount), "category": opt(r.product_category),
+        })
+    for r in frames.get("engagements", pd.DataFrame()).itertuples(index=False):
+        get(r.customer_id)["engagement"] = {"site_visits": int(r.number_of_site_visits),
+                                            "emails_opened": int(r.number_of_emails_opened),
+                                            "clicks": int(r.number_of_clicks)}
+    for r in frames.get("marketing", pd.DataFrame()).itertuples(index=False):
+        get(r.customer_id)["offers"].append({"date": iso(r.campaign_date), "response": r.response,
+                                             "promotion_type": r.promotion_type})
+    return list(out.values()), (ds.last_date + dt.timedelta(days=1)).isoformat()
+
+
+def start_server(run_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLVTIER_")}
+    cmd = [sys.executable, "-c", "from clvtier.cli import main; main()", "serve", "--model", str(run_dir),
+           "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the server exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("the server did not start within 180 s")
+
+
+async def fixed_rate(client: httpx.AsyncClient, bodies: list[bytes], rate: float, seconds: float,
+                     reasons: bool) -> dict[str, Any]:
+    """Send single-customer requests at ``rate``/s for ``seconds``; latency from each scheduled send time."""
+    n = int(rate * seconds)
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    start = time.perf_counter() + 0.1
+
+    async def one(i: int) -> None:
+        scheduled = start + i / rate
+        await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
+        try:
+            r = await client.post("/v1/score", params={"reasons": str(reasons).lower()},
+                                  content=bodies[i % len(bodies)], headers={"Content-Type": "application/json"},
+                                  timeout=REQUEST_TIMEOUT_S)
+            if r.status_code != 200:
+                errors[str(r.status_code)] = errors.get(str(r.status_code), 0) + 1
+        except httpx.HTTPError as exc:
+            errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+        latencies.append((time.perf_counter() - scheduled) * 1000)
+
+    await asyncio.gather(*(one(i) for i in range(n)))
+    lat = np.array(latencies)
+    return {"requests": n, "errors": sum(errors.values()), "error_kinds": errors,
+            "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+            "max_ms": float(lat.max()), "seconds": time.perf_counter() - start}
+
+
+async def batches(client: httpx.AsyncClient, bodies: list[bytes], size: int, reasons: bool,
+                  max_seconds: float, concurrency: int) -> dict[str, Any]:
+    """Post ``size``-customer batches from ``concurrency`` clients until the bodies or the time run out."""
+    done = errors = 0
+    queue = list(bodies)
+    start = time.perf_counter()
+
+    async def worker() -> None:
+        nonlocal done, errors
+        while queue and time.perf_counter() - start < max_seconds:
+            body = queue.pop()
+            try:
+                r = await client.post("/v1/score", params={"reasons": str(reasons).lower()}, content=body,
+                                      headers={"Content-Type": "application/json"}, timeout=300)
+                if r.status_code == 200:
+                    done += 1
+                else:
+                    errors += 1
+            except httpx.HTTPError:
+                errors += 1
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - start
+    return {"batches": done, "errors": errors, "seconds": wall, "customers_per_s": done * size / wall}
+
+
+async def load_run(url: str, customers: list[dict[str, Any]], as_of: str, args: argparse.Namespace) -> dict[str, Any]:
+    rng = random.Random(args.seed)
+    singles = [json.dumps({"as_of": as_of, "customers": [c]}).encode() for c in rng.sample(customers, 500)]
+    n_batches = max(2, int(args.batch_seconds * 4))
+    batch_bodies = []
+    for _ in range(n_batches):
+        picked = [dict(c, customer_id=f"{k}-{c['customer_id']}")
+                  for k, c in enumerate(rng.choices(customers, k=args.batch_size))]
+        batch_bodies.append(json.dumps({"as_of": as_of, "customers": picked}).encode())
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+        for body in singles[:20]:  # warm up
+            await client.post("/v1/score", content=body, headers={"Content-Type": "application/json"})
+        single = await fixed_rate(client, singles, args.rate, args.seconds, reasons=True)
+        single_plain = await fixed_rate(client, singles, args.rate, args.seconds, reasons=False)
+        plain = await batches(client, batch_bodies, args.batch_size, False, args.batch_seconds, args.concurrency)
+        explained = await batches(client, batch_bodies, args.batch_size, True, args.batch_seconds, args.concurrency)
+    return {"single": single, "single_no_reasons": single_plain, "batch_no_reasons": plain,
+            "batch_reasons": explained}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, help="run directory (default: train a small model first)")
+    parser.add_argument("--data", type=Path, help="data directory for the payloads (default: generated)")
+    parser.add_argument("--customers", type=int, default=2000, help="customers to generate")
+    parser.add_argument("--rate", type=float, default=50.0, help="single-customer requests per second")
+    parser.add_argument("--seconds", type=float, default=15.0, help="duration of the fixed-rate phase")
+    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--batch-seconds", type=float, default=8.0, help="time cap of each batch phase")
+    parser.add_argument("--concurrency", type=int, default=2, help="batch requests in flight")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="clvtier-bench-") as tmp:
+        work = Path(tmp)
+        data_dir = args.data or make_data(work, args.customers, args.seed)
+        run_dir = args.model or train_model(data_dir, work)
+        customers, as_of = customer_records(data_dir)
+        port = free_port()
+        log = work / "server.log"
+        proc = start_server(run_dir, port, log)
+        try:
+            result = asyncio.run(load_run(f"http://127.0.0.1:{port}", customers, as_of, args))
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(60)
+        s, plain, explained = result["single"], result["batch_no_reasons"], result["batch_reasons"]
+        for label, x in (("reasons=true", s), ("reasons=false", result["single_no_reasons"])):
+            print(f"single customers ({label}): {x['requests']} requests at {args.rate:g}/s over "
+                  f"{x['seconds']:.1f} s: p50 {x['p50_ms']:.1f} ms, p99 {x['p99_ms']:.1f} ms, "
+                  f"max {x['max_ms']:.1f} ms, errors {x['errors']} {x['error_kinds'] or ''}")
+        for label, b in (("reasons=false", plain), ("reasons=true", explained)):
+            print(f"batches of {args.batch_size} ({label}, {args.concurrency} in flight): {b['batches']} in "
+                  f"{b['seconds']:.1f} s, {b['customers_per_s']:,.0f} customers/s, errors {b['errors']}")
+        print(f"server exit code after SIGTERM: {code}")
+        errors = s["errors"] + result["single_no_reasons"]["errors"] + plain["errors"] + explained["errors"]
+        print(f"serve p50_ms={s['p50_ms']:.1f} p99_ms={s['p99_ms']:.1f} errors={errors} "
+              f"batch_customers_per_s={plain['customers_per_s']:.0f}")
+
+
+if __name__ == "__main__":
+    main()
