@@ -130,7 +130,8 @@ def learn_spec(tables: Mapping[str, ir.Table], con: Any) -> FeatureSpec:
 
 
 def feature_expr(tables: Mapping[str, ir.Table], spec: FeatureSpec,
-                 known: ir.Table | None = None) -> tuple[ir.Table, ir.Scalar]:
+                 known: ir.Table | None = None,
+                 restrict_to: ir.Table | None = None) -> tuple[ir.Table, ir.Scalar]:
     """The feature definition as an Ibis expression with a cutoff parameter.
 
     Parameters
@@ -141,6 +142,10 @@ def feature_expr(tables: Mapping[str, ir.Table], spec: FeatureSpec,
     known : Table, optional
         ``customer_id`` of customers to include even without events before the cutoff
         (the HTTP service scores every customer of a request).
+    restrict_to : Table, optional
+        ``customer_id`` of the only customers wanted (a training sample): every input
+        table is semi-joined to it before aggregation, so the engine reads only their
+        events and each of them gets exactly the row the full definition gives.
 
     Returns
     -------
@@ -153,6 +158,11 @@ def feature_expr(tables: Mapping[str, ir.Table], spec: FeatureSpec,
             f"the features need the table(s) {missing}, which the data lack.",
             "Score with the same tables the model was trained on.",
         )
+    if restrict_to is not None:
+        # Every feature is a function of one customer's rows, so restricting the inputs
+        # restricts the output and nothing else.
+        wanted = restrict_to.select("customer_id")
+        tables = {name: t.semi_join(wanted, "customer_id") for name, t in tables.items()}
     cutoff = ibis.param("date")
     tx = tables["transactions"]
     tx = tx.filter(tx.transaction_date < cutoff)
@@ -183,6 +193,30 @@ def feature_expr(tables: Mapping[str, ir.Table], spec: FeatureSpec,
         **{c: (expr[c].fill_null(0) if c in fills else expr[c]).cast(_dtype(columns[c])) for c in columns}
     )
     return expr.select("customer_id", *columns).order_by("customer_id"), cutoff
+
+
+def spend_summary_expr(tables: Mapping[str, ir.Table], spec: FeatureSpec) -> tuple[ir.Table, ir.Scalar]:
+    """``customer_id``, ``n_transactions``, ``total_spend`` and ``btyd_recency`` at a cutoff parameter.
+
+    The same rows and values as those columns of :func:`feature_expr`, without the
+    window functions that make the full definition costly: enough to compute every
+    known customer's CLV value (:func:`clvtier.clv.values_for`) before drawing a
+    training sample.
+    """
+    cutoff = ibis.param("date")
+    tx = tables["transactions"]
+    tx = tx.filter(tx.transaction_date < cutoff)
+    day = tx.transaction_date
+    g = tx.group_by("customer_id").aggregate(
+        n_transactions=tx.count().cast("float64"),
+        total_spend=tx.transaction_amount.sum(),
+        btyd_recency=day.max().delta(day.min(), unit="day").cast("float64"),
+    )
+    if "customers" in spec.tables:
+        g = _join(_known_customers(tables, spec, tx, cutoff), g)
+    cols = ("n_transactions", "total_spend", "btyd_recency")
+    expr = g.select("customer_id", **{c: g[c].fill_null(0).cast("float64") for c in cols})
+    return expr.order_by("customer_id"), cutoff
 
 
 def feature_columns(spec: FeatureSpec) -> dict[str, dict[str, Any]]:
@@ -334,7 +368,8 @@ def _as_date(value: dt.date | str) -> dt.date:
         raise InputError(f"'{value}' is not a date.", "Write dates as YYYY-MM-DD.") from None
 
 
-def build_features(data: Any, cutoff: dt.date | str, spec: FeatureSpec | None = None) -> FeatureSet:
+def build_features(data: Any, cutoff: dt.date | str, spec: FeatureSpec | None = None,
+                   restrict_to: ir.Table | None = None) -> FeatureSet:
     """Features of every customer known at ``cutoff``, from events strictly before it.
 
     Parameters
@@ -345,6 +380,8 @@ def build_features(data: Any, cutoff: dt.date | str, spec: FeatureSpec | None = 
         Events on or after the cutoff are ignored.
     spec : FeatureSpec, optional
         Saved with a model; learned from ``data`` when omitted.
+    restrict_to : Table, optional
+        Only these customers (a ``customer_id`` column); see :func:`feature_expr`.
 
     Returns
     -------
@@ -359,7 +396,7 @@ def build_features(data: Any, cutoff: dt.date | str, spec: FeatureSpec | None = 
     """
     cutoff = _as_date(cutoff)
     spec = spec or learn_spec(data.tables, data.con)
-    expr, param = feature_expr(data.tables, spec)
+    expr, param = feature_expr(data.tables, spec, restrict_to=restrict_to)
     frame = data.con.execute(expr, params={param: cutoff})
     frame = frame.reset_index(drop=True)
     frame["customer_id"] = frame["customer_id"].astype(str)
@@ -369,7 +406,7 @@ def build_features(data: Any, cutoff: dt.date | str, spec: FeatureSpec | None = 
 def write_features(data: Any, cutoff: dt.date | str, out: str | Path,
                    spec: FeatureSpec | None = None) -> FeatureSet:
     """Build features and write them (CSV or Parquet) with a ``.meta.json`` sidecar, atomically."""
-    from clvtier.persist import atomic_path
+    from clvtier.persist import atomic_path, safe_csv_frame
 
     out = Path(out)
     if out.suffix.lower() not in (".csv", ".parquet"):
@@ -379,7 +416,7 @@ def write_features(data: Any, cutoff: dt.date | str, out: str | Path,
         if out.suffix.lower() == ".parquet":
             fs.frame.to_parquet(tmp, index=False)
         else:
-            fs.frame.to_csv(tmp, index=False)
+            safe_csv_frame(fs.frame).to_csv(tmp, index=False)
     meta = out.with_name(out.name + ".meta.json")
     with atomic_path(meta) as tmp:
         tmp.write_text(json.dumps(fs.metadata(), indent=2))

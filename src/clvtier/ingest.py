@@ -19,7 +19,9 @@ import codecs
 import csv
 import io
 import re
+import tempfile
 import tomllib
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,7 +85,8 @@ class RawTables:
 
 
 def connect(
-    database: str = ":memory:", memory_limit: str | None = None, threads: int | None = None
+    database: str = ":memory:", memory_limit: str | None = None, threads: int | None = None,
+    temp_directory: str | Path | None = None,
 ) -> Any:
     """Open the DuckDB connection (through Ibis) that clvtier works on.
 
@@ -95,12 +98,20 @@ def connect(
         DuckDB memory limit such as ``"2GB"``; DuckDB spills to disk beyond it.
     threads : int, optional
         Worker threads; all cores by default.
+    temp_directory : str or Path, optional
+        Where DuckDB spills; by default a directory of this connection's own under the
+        system temporary directory (``TMPDIR``), created only when DuckDB spills and
+        removed when the connection closes.
     """
     config: dict[str, Any] = {}
     if memory_limit:
         config["memory_limit"] = memory_limit
     if threads:
         config["threads"] = threads
+    if temp_directory is None:
+        # DuckDB's default for an in-memory database is ".tmp" in the working directory.
+        temp_directory = Path(tempfile.gettempdir()) / f"clvtier-duckdb-{uuid.uuid4().hex[:12]}"
+    config["temp_directory"] = str(temp_directory)
     return ibis.duckdb.connect(database, **config)
 
 
@@ -425,7 +436,7 @@ def _read_csv(
     except Exception as exc:  # duckdb raises several error types for malformed CSV
         raise InputError(
             f"the file cannot be parsed as CSV "
-            f"({_first_bad_record(text, src.delimiter, complete) or _csv_error(exc)}).",
+            f"({_first_bad_record(text, src.delimiter, complete, src.header) or _csv_error(exc)}).",
             "Shorten the text fields over 2 MB (or leave those columns out) and export again."
             if "Maximum line size" in str(exc)
             else _csv_fix(lines[0] if lines else "", src.delimiter),
@@ -461,7 +472,7 @@ def _check_header(name: str, src: TableSource, text: str) -> None:
             )
 
 
-def _first_bad_record(text: str, delimiter: str, complete: bool = True) -> str | None:
+def _first_bad_record(text: str, delimiter: str, complete: bool = True, header: bool = True) -> str | None:
     """Where the first malformed record of ``text`` starts, in words; None if none is found.
 
     ``complete`` is False when ``text`` is only the head of the file: its last, cut line is
@@ -479,7 +490,8 @@ def _first_bad_record(text: str, delimiter: str, complete: bool = True) -> str |
             if record and width is None:
                 width = len(record)
             elif record and len(record) != width:
-                return f"line {start} has {len(record)} field(s), the header has {width}"
+                first = "the header" if header else "the first line"
+                return f"line {start} has {len(record)} field(s), {first} has {width}"
             start = reader.line_num + 1
     except csv.Error as exc:
         if "expected after" in str(exc) or ("end of data" in str(exc) and complete):

@@ -61,7 +61,8 @@ METADATA_FILE = "metadata.json"
 FORMAT_VERSION = 1
 
 #: Modules whose types a clvtier model may contain beyond skops' defaults; nothing else is loaded.
-_TRUSTED_PREFIXES = ("clvtier.", "sklearn.", "numpy.")
+_TRUSTED_PREFIXES = ("clvtier.", "sklearn.")
+_TRUSTED_TYPES = frozenset({"numpy.dtype"})
 
 
 def file_sha256(path: str | Path) -> str:
@@ -164,7 +165,7 @@ def load_model(directory: str | Path) -> tuple[object, dict]:
         untrusted = sio.get_untrusted_types(file=model_path)
     except Exception as exc:
         raise ModelError(f"{model_path} is not a readable skops file ({exc}).", "Train again.") from None
-    unknown = [t for t in untrusted if not t.startswith(_TRUSTED_PREFIXES)]
+    unknown = [t for t in untrusted if not t.startswith(_TRUSTED_PREFIXES) and t not in _TRUSTED_TYPES]
     if unknown:
         raise ModelError(
             f"{model_path} contains types that clvtier does not trust: {unknown[:5]}.",
@@ -228,9 +229,9 @@ def write_run(result: object, run_dir: str | Path, command: str = "", extra: dic
         metrics["warnings"] = r.warnings
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
         r.cv.drop(columns=["folds", "fit_seconds"]).to_csv(tmp / "cv.csv", index=False)
-        r.predictions.to_csv(tmp / "test_predictions.csv", index=False)
+        safe_csv_frame(r.predictions).to_csv(tmp / "test_predictions.csv", index=False)
         if r.values is not None:
-            r.values.to_csv(tmp / "values.csv", index=False)
+            safe_csv_frame(r.values).to_csv(tmp / "values.csv", index=False)
     return run_dir
 
 
@@ -250,3 +251,16 @@ def _now() -> str:
     import datetime as dt
 
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def safe_csv_frame(frame: Any) -> Any:
+    """Prefix text cells that a spreadsheet would run as a formula (=, +, -, @) with a quote."""
+    import pandas as pd
+
+    out = frame.copy()
+    for col in out.columns:
+        if not pd.api.types.is_numeric_dtype(out[col]):
+            s = out[col].astype("object")
+            risky = s.map(lambda v: isinstance(v, str) and v[:1] in ("=", "+", "-", "@", "\t", "\r"))
+            out[col] = s.where(~risky, "'" + s.astype(str))
+    return out
