@@ -40,6 +40,26 @@ EngineOpt = Annotated[str, typer.Option(help="duckdb (default, one machine) or s
 MasterOpt = Annotated[str, typer.Option(help="Spark master URL, e.g. local[*], spark://host:7077, yarn.")]
 
 
+MemoryOpt = Annotated[str, typer.Option(
+    "--memory-limit", help="DuckDB memory limit (e.g. 2GB, 500MB); beyond it DuckDB spills to a "
+                           "temporary directory under TMPDIR.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Print timings and peak memory.")]
+
+
+def _connect(memory_limit: str | None) -> Any:
+    from clvtier.ingest import connect
+
+    return connect(memory_limit=memory_limit) if memory_limit else None
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB."""
+    import resource
+
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024 / (1024 if sys.platform == "darwin" else 1)  # macOS reports bytes
+
+
 def _check_engine(engine: str) -> None:
     if engine not in ("duckdb", "spark"):
         raise InputError(f"--engine '{engine}' is unknown.", "Use duckdb or spark.")
@@ -181,6 +201,7 @@ def features(
     as_of: AsOfOpt = None,
     engine: EngineOpt = "duckdb",
     master: MasterOpt = "local[*]",
+    memory_limit: MemoryOpt = "2GB",
 ) -> None:
     """Write one row of features per customer known at the cutoff."""
     from clvtier.features import write_features
@@ -196,7 +217,7 @@ def features(
     out_file = Path(out_file)  # type: ignore[assignment]
 
     with progress("Validating"):
-        ds = load(data, as_of=_date(as_of, "--as-of"))
+        ds = load(data, con=_connect(memory_limit), as_of=_date(as_of, "--as-of"))
     _print_problems(ds.warnings)
     with progress("Building features"):
         fs = write_features(ds, _date(cutoff, "--cutoff") or dt.date.today(), out_file)
@@ -246,7 +267,7 @@ def _tier_cuts(tiers: str) -> tuple[str, tuple[float, float] | None]:
 
 def _train_config(mode: str, target: str | None, cutoff: str | None, horizon_days: int, metric: str,
                   cv: int, seed: int, candidates: str | None, tiers: str, backtests: int,
-                  drop_undated: bool, n_boot: int) -> Any:
+                  drop_undated: bool, n_boot: int, max_train_customers: int | None = 200_000) -> Any:
     from clvtier.models import DEFAULT_CANDIDATES
     from clvtier.train import TrainConfig
 
@@ -257,23 +278,25 @@ def _train_config(mode: str, target: str | None, cutoff: str | None, horizon_day
         cutoff=_date(cutoff, "--cutoff"), horizon_days=horizon_days, metric=metric, cv_folds=cv,
         seed=seed, candidates=names, tier_method=method, tier_cuts=cuts, backtests=backtests,
         drop_undated=drop_undated, n_boot=n_boot,
+        max_train_customers=max_train_customers if max_train_customers else None,
     )
 
 
 def run_training(data: Path, run_dir: Path, cfg: Any, as_of: dt.date | None = None,
-                 write_report: bool = True) -> Any:
+                 write_report: bool = True, memory_limit: str | None = None) -> Any:
     """Validate, train, evaluate, write the run directory (and report); return the result."""
     from clvtier.persist import write_run
     from clvtier.train import train as train_fn
     from clvtier.validate import load
 
     with progress("Validating data"):
-        ds = load(data, as_of=as_of)
+        ds = load(data, con=_connect(memory_limit), as_of=as_of)
     _print_problems(ds.warnings)
     with progress("Training") as update:
         result = train_fn(ds, cfg, progress=lambda step: update(description=step))
     with progress("Writing the run directory"):
-        write_run(result, run_dir, command=" ".join(["clvtier", *sys.argv[1:]]))
+        write_run(result, run_dir, command=" ".join(["clvtier", *sys.argv[1:]]),
+                  extra={"training_sample": result.metrics.get("training_sample")})
     if write_report:
         _write_report(run_dir)
     return result
@@ -304,6 +327,13 @@ def print_result(result: Any, run_dir: Path) -> None:
         f"Customers: {m['n_train']:,} train / {m['n_test']:,} test.",
         highlight=False,
     )
+    sample = m.get("training_sample") or {}
+    if sample.get("used"):
+        out.print(
+            f"Trained on a stratified sample of {sample['size']:,} of the {sample['population']:,} customers "
+            "known at the cutoff (--max-train-customers; strata: zero value, quartiles of positive value).",
+            highlight=False,
+        )
     cv = {row["model"]: row for row in m["cv"]}
     table = Table(title=f"Held-out customers (n = {m['n_test']:,}); selection by {m['selection_metric']} CV")
     for col in ("model", f"CV {m['selection_metric']}", "accuracy", "macro F1", "High precision",
@@ -358,7 +388,7 @@ MetricOpt = Annotated[str, typer.Option(help="Selection metric: macro_f1, accura
 CvOpt = Annotated[int, typer.Option("--cv", help="Cross-validation folds.")]
 SeedOpt = Annotated[int, typer.Option(help="Random seed.")]
 CandOpt = Annotated[str | None, typer.Option(help="Comma-separated candidate models "
-                                                  "(logreg,knn,random_forest,naive_bayes,hist_gb).")]
+                                                  "(logreg,knn,random_forest,naive_bayes,blend; also hist_gb).")]
 TiersOpt = Annotated[str, typer.Option(help="quartile, quantiles:Q1,Q2 or amounts:A1,A2.")]
 BacktestOpt = Annotated[int, typer.Option(help="Earlier cutoffs in the out-of-time backtest.")]
 UndatedOpt = Annotated[bool, typer.Option("--drop-undated", help="Leave out features that are not time-bounded.")]
@@ -383,12 +413,20 @@ def train(
     drop_undated: UndatedOpt = False,
     n_boot: BootOpt = 500,
     as_of: AsOfOpt = None,
+    max_train_customers: Annotated[int, typer.Option(
+        "--max-train-customers", help="Train on a stratified sample of this many customers when more are "
+                                      "known at the cutoff (0: never sample).")] = 200_000,
+    memory_limit: MemoryOpt = "2GB",
+    verbose: VerboseOpt = False,
 ) -> None:
     """Train and evaluate CLV-tier models; write the model, metrics and report to RUN_DIR."""
     cfg = _train_config(mode, target, cutoff, horizon_days, metric, cv, seed, candidates, tiers,
-                        backtests, drop_undated, n_boot)
-    result = run_training(data, run_dir, cfg, as_of=_date(as_of, "--as-of"))
+                        backtests, drop_undated, n_boot, max_train_customers)
+    result = run_training(data, run_dir, cfg, as_of=_date(as_of, "--as-of"), memory_limit=memory_limit)
     print_result(result, run_dir)
+    if verbose:
+        steps = ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items())
+        out.print(f"Timings: {steps}. Peak memory: {peak_rss_mb():,.0f} MB.", highlight=False)
 
 
 @app.command()
@@ -402,11 +440,18 @@ def predict(
     no_reasons: Annotated[bool, typer.Option("--no-reasons", help="Skip the per-customer reasons (faster).")] = False,
     engine: EngineOpt = "duckdb",
     master: MasterOpt = "local[*]",
+    memory_limit: MemoryOpt = "2GB",
+    chunk_size: Annotated[int, typer.Option("--chunk-size", help="Customers scored at a time "
+                                                                 "(memory grows with it).")] = 250_000,
+    verbose: VerboseOpt = False,
 ) -> None:
-    """Score every customer known at the as-of date: tier, P(Low/Medium/High), top three reasons."""
+    """Score every customer known at the as-of date: tier, P(Low/Medium/High), top three reasons.
+
+    Streams: the features of every customer go to a temporary Parquet file and are scored
+    and written in chunks, so memory stays bounded for any number of customers.
+    """
     from clvtier.predict import load as load_model
-    from clvtier.predict import predict as predict_fn
-    from clvtier.predict import write_scores
+    from clvtier.predict import score_to_file
     from clvtier.validate import load
 
     if engine == "spark":
@@ -420,18 +465,31 @@ def predict(
     model = load_model(model_dir)
     as_of_date = _date(as_of, "--as-of")
     with progress("Validating data"):
-        ds = load(data, as_of=as_of_date)
+        ds = load(data, con=_connect(memory_limit), as_of=as_of_date)
     _print_problems(ds.warnings)
-    with progress("Scoring"):
-        scores = predict_fn(model, ds, as_of=as_of_date, with_reasons=not no_reasons)
-    write_scores(scores, out_file)
-    counts = scores["tier"].value_counts()
+    scored = 0
+    with progress("Building features, then scoring") as update:
+
+        def advance(done: int, total: int) -> None:
+            nonlocal scored
+            update(total=total, advance=done - scored, description="Scoring")
+            scored = done
+
+        summary = score_to_file(model, ds, out_file, as_of=as_of_date, with_reasons=not no_reasons,
+                                chunk_size=chunk_size, progress=advance)
+    check = "in = out" if summary.n_in == summary.n_out else "in != out"
     out.print(
-        f"Scored {len(scores):,} customers (known at the as-of date: {len(scores):,}; in = out): "
-        + ", ".join(f"{t} {int(counts.get(t, 0)):,}" for t in ("Low", "Medium", "High"))
+        f"Scored {summary.n_out:,} customers (known at the as-of date: {summary.n_in:,}; {check}): "
+        + ", ".join(f"{t} {summary.tiers.get(t, 0):,}" for t in ("Low", "Medium", "High"))
         + f". Wrote {out_file}.",
         highlight=False,
     )
+    if verbose:
+        out.print(
+            f"Timings: features {summary.feature_seconds:.1f} s, scoring {summary.scoring_seconds:.1f} s "
+            f"({summary.customers_per_second:,.0f} customers/s). Peak memory: {peak_rss_mb():,.0f} MB.",
+            highlight=False,
+        )
 
 
 @app.command()

@@ -431,7 +431,9 @@ class _ParquetSink:
         self._writers: dict[str, pq.ParquetWriter] = {}
 
     def write(self, table: str, columns: dict[str, np.ndarray]) -> None:
-        arrays = {name: pa.array(values, type=_arrow_type(values)) for name, values in columns.items()}
+        # from_pandas: a missing age (NaN) is written as a Parquet null, as it is an empty CSV cell.
+        arrays = {name: pa.array(values, type=_arrow_type(values), from_pandas=True)
+                  for name, values in columns.items()}
         data = pa.table(arrays)
         if table not in self._writers:
             self._writers[table] = pq.ParquetWriter(self._files[table], data.schema)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -26,7 +26,7 @@ from clvtier.evaluate import (
     classification_metrics,
     headline_with_ci,
 )
-from clvtier.features import BTYD_GROUP, FeatureSet, FeatureSpec, build_features
+from clvtier.features import BTYD_GROUP, FeatureSet, FeatureSpec, build_features, learn_spec, spend_summary_expr
 from clvtier.models import DEFAULT_CANDIDATES, candidate_pipelines, make_pipeline, model_input
 from clvtier.persist import frame_fingerprint
 from clvtier.target import TIERS, TierBinner
@@ -64,6 +64,9 @@ class TrainConfig:
         Leave out features that are not time-bounded (engagement totals, age).
     n_boot : int
         Bootstrap resamples for the confidence intervals.
+    max_train_customers : int or None
+        When more customers are known at the cutoff, train and evaluate on a stratified
+        sample of this many (see :func:`training_sample`); None never samples.
     """
 
     mode: str = "predictive"
@@ -80,6 +83,7 @@ class TrainConfig:
     backtests: int = 2
     drop_undated: bool = False
     n_boot: int = 500
+    max_train_customers: int | None = 200_000
 
     def __post_init__(self) -> None:
         if self.mode not in ("predictive", "snapshot"):
@@ -100,6 +104,9 @@ class TrainConfig:
             raise InputError(f"--horizon-days {self.horizon_days} is too short.", "Use at least 7 days.")
         if not self.candidates:
             raise InputError("no candidate models given.", f"Choose from {', '.join(DEFAULT_CANDIDATES)}.")
+        if self.max_train_customers is not None and self.max_train_customers < 100:
+            raise InputError(f"--max-train-customers {self.max_train_customers} is too small.",
+                             "Use at least 100 (the default is 200,000).")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -175,8 +182,8 @@ def _model_features(fs: FeatureSet, drop_undated: bool) -> list[str]:
 
 
 def _dataset(data: Any, cfg: TrainConfig, cutoff: dt.date, spec: FeatureSpec | None,
-             binner: TierBinner | None = None) -> tuple[FeatureSet, pd.Series]:
-    fs = build_features(data, cutoff, spec)
+             binner: TierBinner | None = None, restrict_to: Any = None) -> tuple[FeatureSet, pd.Series]:
+    fs = build_features(data, cutoff, spec, restrict_to=restrict_to)
     customers = pd.Index(fs.frame["customer_id"])
     values = clv.values_for(customers, fs.frame, data, cfg.mode, cfg.target, cutoff, cfg.horizon_days)  # type: ignore[arg-type]
     return fs, values
@@ -191,7 +198,8 @@ def resolve_cutoff(data: Any, cfg: TrainConfig) -> dt.date:
     return cutoff
 
 
-def train(data: Any, config: TrainConfig | None = None, progress: Progress | None = None) -> TrainResult:
+def train(data: Any, config: TrainConfig | None = None, progress: Progress | None = None,
+          test_customers: Collection[str] | None = None) -> TrainResult:
     """Train and evaluate CLV-tier models on validated data.
 
     Parameters
@@ -201,6 +209,10 @@ def train(data: Any, config: TrainConfig | None = None, progress: Progress | Non
     config : TrainConfig, optional
     progress : callable, optional
         Called with the name of each step as it starts.
+    test_customers : collection of str, optional
+        Hold out exactly these customers as the test set (a fixed benchmark split)
+        instead of the stratified random split of ``config.test_size``. Model
+        selection still uses cross-validation on the other customers only.
 
     Returns
     -------
@@ -213,7 +225,14 @@ def train(data: Any, config: TrainConfig | None = None, progress: Progress | Non
 
     say("Building features")
     cutoff = resolve_cutoff(data, cfg)
-    fs, values = _dataset(data, cfg, cutoff, None)
+    spec = learn_spec(data.tables, data.con)
+    # A fixed benchmark test set is small and must be kept whole: it is never sampled.
+    sample = training_sample(data, cfg, cutoff, spec) if test_customers is None else None
+    restrict = sample.table() if sample is not None else None
+    if sample is not None:
+        say(f"Building features of a stratified sample of {len(sample.customer_ids):,} "
+            f"of {sample.population:,} customers")
+    fs, values = _dataset(data, cfg, cutoff, spec, restrict_to=restrict)
     feature_names = _model_features(fs, cfg.drop_undated)
     X = model_input(fs.frame, feature_names)
     ids = fs.frame["customer_id"].to_numpy()
@@ -228,7 +247,14 @@ def train(data: Any, config: TrainConfig | None = None, progress: Progress | Non
     say("Splitting customers")
     strata = _strata(y_value)
     idx = np.arange(len(X))
-    tr, te = train_test_split(idx, test_size=cfg.test_size, random_state=cfg.seed, stratify=strata)
+    if test_customers is None:
+        tr, te = train_test_split(idx, test_size=cfg.test_size, random_state=cfg.seed, stratify=strata)
+    else:
+        held = np.isin(ids.astype(str), np.asarray([str(c) for c in test_customers], dtype=object))
+        tr, te = idx[~held], idx[held]
+        if not len(tr) or not len(te):
+            raise InputError(f"test_customers holds {len(te)} of the {len(idx)} customers known at {cutoff}.",
+                             "Hold out some, but not all, of the customers.")
     tr, te = np.sort(tr), np.sort(te)
     binner = TierBinner(method=cfg.tier_method, cuts=cfg.tier_cuts).fit(y_value[tr])  # type: ignore[arg-type]
     y = binner.transform(y_value)
@@ -236,7 +262,8 @@ def train(data: Any, config: TrainConfig | None = None, progress: Progress | Non
 
     say("Cross-validating candidates")
     t1 = time.perf_counter()
-    pipes = candidate_pipelines(cfg.candidates, cfg.horizon_days, cfg.seed, btyd=_has_btyd(feature_names))
+    pipes = candidate_pipelines(cfg.candidates, cfg.horizon_days, cfg.seed, btyd=_has_btyd(feature_names),
+                                metric=cfg.metric)
     folds = StratifiedKFold(cfg.cv_folds, shuffle=True, random_state=cfg.seed)
     cv_rows = []
     for name, pipe in pipes.items():
@@ -283,7 +310,8 @@ def train(data: Any, config: TrainConfig | None = None, progress: Progress | Non
 
     say("Backtesting at earlier cutoffs")
     t3 = time.perf_counter()
-    backtest = _backtest(data, cfg, cutoff, fs.spec, chosen, feature_names) if cfg.mode == "predictive" else []
+    backtest = (_backtest(data, cfg, cutoff, fs.spec, chosen, feature_names, restrict_to=restrict)
+                if cfg.mode == "predictive" else [])
     timings["backtest"] = time.perf_counter() - t3
 
     pipeline = fitted[chosen]
@@ -319,6 +347,8 @@ def train(data: Any, config: TrainConfig | None = None, progress: Progress | Non
         "value_summary": _value_summary(y_value),
         "importance": importance,
         "examples": examples,
+        "training_sample": (sample.describe(cfg.seed) if sample is not None
+                            else {"used": False, "size": int(len(X)), "population": int(len(X))}),
     }
     reference = _reference(X.iloc[tr])
     timings["total"] = time.perf_counter() - t0
@@ -333,6 +363,80 @@ def train(data: Any, config: TrainConfig | None = None, progress: Progress | Non
         data_summary=_jsonable(data.summary), warnings=[p.to_dict() for p in data.warnings],
         timings=timings, values=values_frame, data_fingerprint=frame_fingerprint(fs.frame),
     )
+
+
+@dataclass(frozen=True)
+class TrainingSample:
+    """The customers a run trains and evaluates on when more are known than the limit.
+
+    Attributes
+    ----------
+    customer_ids : ndarray of str
+        The sampled customers, sorted.
+    population : int
+        Customers known at the cutoff.
+    strata : list of dict
+        Per stratum of :func:`_strata`: its number, customers in the population and in the sample.
+    """
+
+    customer_ids: np.ndarray
+    population: int
+    strata: list[dict[str, int]]
+
+    def table(self) -> Any:
+        """The sampled ``customer_id`` as an in-memory Ibis table (any backend can join it)."""
+        import ibis
+        import pyarrow as pa
+
+        return ibis.memtable(pa.table({"customer_id": pa.array(self.customer_ids, type=pa.string())}))
+
+    def describe(self, seed: int) -> dict[str, Any]:
+        return {
+            "used": True, "size": int(len(self.customer_ids)), "population": int(self.population),
+            "method": SAMPLE_METHOD, "seed": seed, "strata": self.strata,
+        }
+
+
+SAMPLE_METHOD = ("stratified random sample with proportional allocation (scikit-learn StratifiedShuffleSplit); "
+                 "strata: CLV value zero, then the quartiles of the positive values (stratum 0 = zero, 1-4 = "
+                 "quartiles; a median split when a stratum would hold fewer than two customers)")
+
+
+def training_sample(data: Any, cfg: TrainConfig, cutoff: dt.date, spec: FeatureSpec) -> TrainingSample | None:
+    """Draw the training customers when more than ``cfg.max_train_customers`` are known at the cutoff.
+
+    The CLV value of every known customer is computed by the engine from a spend
+    summary (:func:`clvtier.features.spend_summary_expr`) and the horizon spend, at a
+    fraction of the cost of the full features. The customers are grouped into the
+    strata of the train/test split (:func:`_strata`: zero value, then the quartiles of
+    the positive values) and ``max_train_customers`` are drawn with proportional
+    allocation and the run's seed, so the tier shares of the sample match the
+    population's. Features are then built for the sampled customers only.
+
+    Returns
+    -------
+    TrainingSample or None
+        None when every known customer fits (or ``max_train_customers`` is None).
+    """
+    limit = cfg.max_train_customers
+    if limit is None:
+        return None
+    expr, param = spend_summary_expr(data.tables, spec)
+    frame = data.con.execute(expr, params={param: cutoff})
+    population = len(frame)
+    if population <= limit:
+        return None
+    customers = pd.Index(frame["customer_id"].astype(str).to_numpy())
+    values = clv.values_for(customers, frame.reset_index(drop=True), data, cfg.mode, cfg.target,  # type: ignore[arg-type]
+                            cutoff, cfg.horizon_days).to_numpy(dtype="float64")
+    strata = _strata(values)
+    picked, _ = train_test_split(np.arange(population), train_size=limit, random_state=cfg.seed, stratify=strata)
+    per_stratum = [
+        {"stratum": int(k), "population": int((strata == k).sum()), "sample": int((strata[picked] == k).sum())}
+        for k in np.unique(strata)
+    ]
+    ids = np.sort(customers.to_numpy()[picked].astype(str))
+    return TrainingSample(customer_ids=ids, population=population, strata=per_stratum)
 
 
 def _has_btyd(features: Sequence[str]) -> bool:
@@ -429,8 +533,11 @@ def _leakage_audit(fs: FeatureSet, pipe: Any, X: pd.DataFrame, y: np.ndarray, y_
 
 
 def _backtest(data: Any, cfg: TrainConfig, cutoff: dt.date, spec: FeatureSpec, chosen: str,
-              feature_names: list[str]) -> list[dict[str, Any]]:
-    """Out of time: train at c - H (labels in [c - H, c)), test every customer at c (labels in [c, c + H))."""
+              feature_names: list[str], restrict_to: Any = None) -> list[dict[str, Any]]:
+    """Out of time: train at c - H (labels in [c - H, c)), test every customer at c (labels in [c, c + H)).
+
+    With a training sample (``restrict_to``), both cutoffs use the sampled customers only.
+    """
     step = max(30, cfg.horizon_days // 4)
     rows: list[dict[str, Any]] = []
     for k in range(1, cfg.backtests + 1):
@@ -442,8 +549,8 @@ def _backtest(data: Any, cfg: TrainConfig, cutoff: dt.date, spec: FeatureSpec, c
         except InputError as exc:
             rows.append({"cutoff": test_cut.isoformat(), "skipped": exc.message})
             continue
-        fs_tr, v_tr = _dataset(data, cfg, train_cut, spec)
-        fs_te, v_te = _dataset(data, cfg, test_cut, spec)
+        fs_tr, v_tr = _dataset(data, cfg, train_cut, spec, restrict_to=restrict_to)
+        fs_te, v_te = _dataset(data, cfg, test_cut, spec, restrict_to=restrict_to)
         try:
             binner = TierBinner(method=cfg.tier_method, cuts=cfg.tier_cuts).fit(v_tr.to_numpy())  # type: ignore[arg-type]
         except InputError as exc:
@@ -451,7 +558,7 @@ def _backtest(data: Any, cfg: TrainConfig, cutoff: dt.date, spec: FeatureSpec, c
             continue
         y_tr = binner.transform(v_tr.to_numpy())
         y_te = binner.transform(v_te.to_numpy())
-        model = make_pipeline(chosen, cfg.horizon_days, cfg.seed, btyd=_has_btyd(feature_names))
+        model = make_pipeline(chosen, cfg.horizon_days, cfg.seed, btyd=_has_btyd(feature_names), metric=cfg.metric)
         model.fit(model_input(fs_tr.frame, feature_names), y_tr)
         proba = _ordered_proba(model, model_input(fs_te.frame, feature_names))
         m = classification_metrics(y_te, tiers_from_proba(proba), proba, v_te.to_numpy())
