@@ -22,6 +22,9 @@ Protocol CDNOW-78 (the defaults):
 * target B: high future value, horizon spend >= the training customers' 75th percentile
   of horizon spend (about $18.98); ROC AUC of the score, F1 when the top 25 % by score
   are flagged, and the share of the test customers' horizon revenue those 25 % hold.
+  (At cutoffs where fewer than a quarter of the customers buy in the horizon that
+  percentile is 0; the threshold is then that of clvtier's zero rule, the median spend of
+  the training customers who bought.)
 
 Rows:
 
@@ -143,9 +146,14 @@ def make_protocol(ds: Dataset, cutoff: dt.date = CUTOFF, horizon_days: int = HOR
     strata = np.char.add(TierBinner().fit(total).transform(total).astype(str), (future > 0).astype(str))
     tr, te = train_test_split(np.arange(len(ids)), test_size=test_size, random_state=seed, stratify=strata)
     tr, te = np.sort(tr), np.sort(te)
+    threshold_b = float(np.quantile(future[tr], 0.75))
+    if threshold_b <= 0:
+        # Fewer than a quarter bought in the horizon: ">= 0" would flag everybody. Use the
+        # threshold of clvtier's zero rule instead (the median spend of those who bought).
+        threshold_b = TierBinner().fit(future[tr]).high_cut_
     return Protocol(cutoff=cutoff, horizon_days=horizon_days, customer_id=ids, features=fs.frame,
                     past=past, future=future, train=tr, test=te,
-                    binner_a=TierBinner().fit(total[tr]), threshold_b=float(np.quantile(future[tr], 0.75)))
+                    binner_a=TierBinner().fit(total[tr]), threshold_b=threshold_b)
 
 
 # -------------------------------------------------------------------------- anchors
