@@ -25,6 +25,7 @@ import numpy as np
 
 from clvtier.evaluate import classification_metrics
 from clvtier.generate import generate, oracle_tier_probabilities, read_ground_truth
+from clvtier.models import DEFAULT_CANDIDATES
 from clvtier.target import TIERS
 from clvtier.train import TrainConfig, train
 from clvtier.validate import load
@@ -35,7 +36,8 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--horizon-days", type=int, default=365)
-    parser.add_argument("--candidates", default="logreg,knn,random_forest,naive_bayes,hist_gb")
+    parser.add_argument("--candidates", default=",".join(DEFAULT_CANDIDATES),
+                        help="comma-separated (default: clvtier's default candidates)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -196,3 +196,35 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert (run / "model.skops").is_file()
     assert (run / "scores.csv").is_file()
     assert "Chosen:" in res.output
+
+
+def test_permutation_importance_subsamples_large_test_sets(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    import numpy as np
+    from sklearn.base import BaseEstimator, ClassifierMixin
+
+    train_mod = importlib.import_module("clvtier.train")  # the package exports train() under that name
+
+    seen: list[int] = []
+
+    class SpendRule(ClassifierMixin, BaseEstimator):
+        classes_ = np.array(["High", "Low", "Medium"], dtype=object)
+
+        def predict(self, X: pd.DataFrame) -> np.ndarray:
+            seen.append(len(X))
+            return np.where(X["total_spend"].to_numpy() > 1, "High", "Low").astype(object)
+
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame({"total_spend": rng.random(500) * 2, "age": rng.random(500)})
+    y = np.where(X["total_spend"] > 1, "High", "Low").astype(object)
+    cfg = train_mod.TrainConfig(metric="accuracy")
+    monkeypatch.setattr(train_mod, "IMPORTANCE_MAX_ROWS", 100)
+    rows = train_mod._permutation_importance(SpendRule(), X, y, cfg, n_repeats=2)
+    assert seen and set(seen) == {100}
+    by = {r["feature"]: r["mean"] for r in rows}
+    assert by["total_spend"] > 0.2 and by["age"] == 0.0
+    seen.clear()
+    monkeypatch.setattr(train_mod, "IMPORTANCE_MAX_ROWS", 10_000)
+    train_mod._permutation_importance(SpendRule(), X, y, cfg, n_repeats=1)
+    assert set(seen) == {500}

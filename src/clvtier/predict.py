@@ -7,9 +7,10 @@ customer gets the same answer whichever way it is scored.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,14 @@ class Model:
     def reference(self) -> dict[str, Any]:
         return dict(self.metadata["reference"])
 
+    @functools.cached_property
+    def plan(self) -> Any:
+        """The pipeline laid out for column-wise scoring (:mod:`clvtier.occlusion`), or None."""
+        from clvtier.occlusion import compile_plan
+
+        return compile_plan(self.pipeline, self.feature_names, explanation_groups(self.feature_names),
+                            self.reference)
+
 
 def load(run_dir: str | Path) -> Model:
     """Load the model bundle written by ``clvtier train`` (checked; see :func:`persist.load_model`)."""
@@ -73,15 +82,59 @@ def prepare(frame: pd.DataFrame, model: Model) -> pd.DataFrame:
     return X
 
 
-def proba_in_tier_order(pipeline: Any, X: pd.DataFrame) -> np.ndarray:
-    """P(Low), P(Medium), P(High) per row."""
-    proba = pipeline.predict_proba(X)
+def proba_in_tier_order(pipeline: Any, X: Any, proba: np.ndarray | None = None) -> np.ndarray:
+    """P(Low), P(Medium), P(High) per row of ``X``.
+
+    From ``proba`` (``pipeline.classes_`` order) when given, else from ``pipeline.predict_proba(X)``.
+    """
+    proba = pipeline.predict_proba(X) if proba is None else proba
     classes = list(pipeline.classes_)
     out = np.zeros((len(X), len(TIERS)))
     for j, tier in enumerate(TIERS):
         if tier in classes:
             out[:, j] = proba[:, classes.index(tier)]
     return out
+
+
+def _predicted_class(pipeline: Any, proba: np.ndarray) -> np.ndarray:
+    """Column of ``pipeline.classes_`` holding each row's predicted tier (the most probable, in tier order)."""
+    pred = np.argmax(proba_in_tier_order(pipeline, proba, proba), axis=1)
+    classes = list(pipeline.classes_)
+    column = np.array([classes.index(t) if t in classes else 0 for t in TIERS])
+    return column[pred]
+
+
+def occlusion_effects(pipeline: Any, X: pd.DataFrame, proba: np.ndarray, reference: dict[str, Any],
+                      groups: list[tuple[str, list[str]]]) -> np.ndarray:
+    """Occlusion effect of each group on each customer (customers x groups), by prediction.
+
+    ``proba`` is in tier order. Only customers whose group differs from the
+    reference are predicted again; for the others the effect is exactly 0.
+    """
+    n = len(X)
+    pred = np.argmax(proba, axis=1)
+    base = proba[np.arange(n), pred]
+    effects = np.zeros((n, len(groups)))
+    for j, (_label, members) in enumerate(groups):
+        moved = np.zeros(n, dtype=bool)
+        for col in members:
+            ref = reference.get(col)
+            values = X[col]
+            same = values.isna().to_numpy() if ref is None or (isinstance(ref, float) and np.isnan(ref)) \
+                else (values == ref).to_numpy(dtype=bool)
+            moved |= ~same
+        rows = np.flatnonzero(moved)
+        if not len(rows):
+            continue
+        batch = X.iloc[rows].reset_index(drop=True)
+        for col in members:
+            ref = reference.get(col)
+            batch[col] = pd.Series([np.nan if ref is None else ref] * len(rows), dtype=batch[col].dtype) \
+                if pd.api.types.is_float_dtype(batch[col]) else pd.Series([np.nan if ref is None else ref]
+                                                                          * len(rows), dtype=object)
+        p = proba_in_tier_order(pipeline, batch)
+        effects[rows, j] = base[rows] - p[np.arange(len(rows)), pred[rows]]
+    return effects
 
 
 def reasons(pipeline: Any, X: pd.DataFrame, proba: np.ndarray, reference: dict[str, Any],
@@ -91,28 +144,22 @@ def reasons(pipeline: Any, X: pd.DataFrame, proba: np.ndarray, reference: dict[s
     A feature's contribution is how much the probability of the predicted tier drops
     when that feature alone is set to its typical training value (median or mode):
     a model-agnostic occlusion explanation that works for every candidate pipeline.
+    A feature already at its typical value contributes exactly 0. :func:`score_frame`
+    gets the same contributions column by column (:mod:`clvtier.occlusion`) for the
+    pipelines that allow it.
     """
     if len(X) == 0:
         return []
-    pred = np.argmax(proba, axis=1)
-    base = proba[np.arange(len(X)), pred]
     groups = explanation_groups(list(X.columns))
-    batch = pd.concat([X] * len(groups), ignore_index=True)
-    for j, (_label, members) in enumerate(groups):
-        sl = slice(j * len(X), (j + 1) * len(X))
-        for col in members:
-            ref = reference.get(col)
-            batch.iloc[sl, batch.columns.get_loc(col)] = np.nan if ref is None else ref
-    perturbed = proba_in_tier_order(pipeline, batch)
-    contrib = np.zeros((len(X), len(groups)))
-    for j in range(len(groups)):
-        p = perturbed[j * len(X):(j + 1) * len(X)]
-        contrib[:, j] = base - p[np.arange(len(X)), pred]
-    out = []
-    order = np.argsort(-contrib, axis=1, kind="stable")[:, :n]
-    for i in range(len(X)):
-        out.append([(groups[k][0], float(contrib[i, k])) for k in order[i]])
-    return out
+    names, effects = top_reasons(occlusion_effects(pipeline, X, proba, reference, groups),
+                                 [g[0] for g in groups], n)
+    return [[(str(a), float(b)) for a, b in zip(nr, er, strict=True)] for nr, er in zip(names, effects, strict=True)]
+
+
+def top_reasons(effects: np.ndarray, labels: Sequence[str], n: int = N_REASONS) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n`` largest effects per customer and their labels (ties in group order)."""
+    order = np.argsort(-effects, axis=1, kind="stable")[:, :n]
+    return np.asarray(labels, dtype=object)[order], np.take_along_axis(effects, order, axis=1)
 
 
 def explanation_groups(columns: list[str]) -> list[tuple[str, list[str]]]:
@@ -133,20 +180,31 @@ def score_frame(model: Model, features: pd.DataFrame, with_reasons: bool = True)
     features : DataFrame
         ``customer_id`` plus the model's feature columns.
     with_reasons : bool
-        Compute the top three contributions (costs one prediction per feature).
+        Compute the top three contributions (occlusion; see :func:`reasons` and
+        :mod:`clvtier.occlusion`).
     """
     X = prepare(features, model)
-    proba = proba_in_tier_order(model.pipeline, X)
+    plan = model.plan if len(X) else None
+    effects = None
+    if plan is not None:
+        raw, effects = plan.scores(X, lambda p: _predicted_class(model.pipeline, p)) if with_reasons \
+            else (plan.predict_proba(X), None)
+        proba = proba_in_tier_order(model.pipeline, X, raw)
+    else:
+        proba = proba_in_tier_order(model.pipeline, X)
     out = pd.DataFrame({
         "customer_id": features["customer_id"].astype(str).to_numpy(),
         "tier": np.asarray(TIERS, dtype=object)[np.argmax(proba, axis=1)],
         "p_low": proba[:, 0], "p_medium": proba[:, 1], "p_high": proba[:, 2],
     })
     if with_reasons:
-        top = reasons(model.pipeline, X, proba, model.reference)
+        groups = explanation_groups(list(X.columns))
+        if effects is None:
+            effects = occlusion_effects(model.pipeline, X, proba, model.reference, groups)
+        names, top = top_reasons(effects, [g[0] for g in groups], N_REASONS)
         for k in range(N_REASONS):
-            out[f"reason_{k + 1}"] = [r[k][0] if len(r) > k else "" for r in top]
-            out[f"reason_{k + 1}_effect"] = [r[k][1] if len(r) > k else 0.0 for r in top]
+            out[f"reason_{k + 1}"] = names[:, k] if k < names.shape[1] else ""
+            out[f"reason_{k + 1}_effect"] = top[:, k] if k < top.shape[1] else 0.0
     return out
 
 

@@ -173,6 +173,7 @@ class Scorer:
 
     def __init__(self, model: Model, threads: int = 1) -> None:
         self.model = model
+        model.plan  # laid out once, at start-up, not on the first request  # noqa: B018
         self.query = FeatureQuery(model.spec)
         self._db = duckdb.connect(":memory:", config={"threads": threads})
         self._lock = threading.Lock()

@@ -1,0 +1,555 @@
+"""Occlusion: tier probabilities, and each feature group's occlusion effect, computed column by column.
+
+The effect of a feature group on a customer is how much the probability of the
+predicted tier drops when the group alone is set to its typical training value
+(see :func:`clvtier.predict.reasons`). Predicting every customer once per group
+costs one full prediction per group; this module gets the same numbers from one
+pass over the customers by using how the candidate pipelines are built:
+
+* the BTYD step reads only the BTYD summary columns, so its outputs move only
+  with that group, and the group's reference gives one constant row;
+* the preprocessing (imputation, signed log, scaling, one-hot encoding) works
+  column by column, so setting a group to its reference replaces the group's
+  output columns with the reference's, and leaves the others as they are;
+* a logistic regression's decision moves by ``(reference - x) @ coef`` over those
+  columns;
+* a gradient-boosting tree's output can only move when the customer's path
+  passes a split on one of those columns: each tree is evaluated once with the
+  customer's values, and the trees that split on a group once more with that
+  group's splits decided by the reference (the tree "pruned" at the reference).
+
+The perturbed probabilities are those a full prediction of the perturbed
+customer gives, up to the order of floating-point additions (about 1e-16); a
+group whose columns already equal the reference's moves nothing and gets an
+effect of exactly 0. The probabilities of the customers themselves are those of
+``pipeline.predict_proba`` bit for bit (checked when the plan is built).
+
+Pipelines of other shapes (k-nearest neighbours, random forest, naive Bayes)
+have no plan (:func:`compile_plan` returns None); their effects are computed by
+predicting only the customers whose group differs from the reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import HistGradientBoostingClassifier, VotingClassifier
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
+from sklearn.utils.extmath import softmax
+
+from clvtier.btyd import BTYDFeatures
+from clvtier.decision import TierDecision, _cumulative, _shifted
+from clvtier.models import signed_log1p
+
+#: Customers per block of the gradient-boosting pass (the binned block stays in cache).
+BLOCK_ROWS = 8192
+#: Up to this many (customer, group) pairs, trees run on perturbed copies rather than pruned trees.
+SMALL_ROWS = 256
+
+
+class _Unsupported(Exception):
+    """The pipeline has a shape this module does not know; the caller falls back."""
+
+
+# -- preprocessing ------------------------------------------------------------------------------
+@dataclass
+class _NumericBlock:
+    """SimpleImputer (with indicator) followed by element-wise steps, on numeric columns."""
+
+    columns: list[str]
+    keep: np.ndarray             # input positions of the imputed value columns
+    fill: np.ndarray             # their imputation values
+    indicate: np.ndarray         # input positions of the missing-indicator columns
+    steps: list[tuple[str, Any]]
+
+    @classmethod
+    def build(cls, pipe: Any, columns: list[str]) -> _NumericBlock:
+        steps = list(pipe.steps) if isinstance(pipe, Pipeline) else [("only", pipe)]
+        imputer = steps[0][1]
+        if type(imputer) is not SimpleImputer or imputer.strategy == "constant":
+            raise _Unsupported("numeric block")
+        stats = np.asarray(imputer.statistics_, dtype=np.float64)
+        keep = np.arange(len(columns)) if imputer.keep_empty_features else np.flatnonzero(~np.isnan(stats))
+        indicate = (np.asarray(imputer.indicator_.features_, dtype=np.intp) if imputer.add_indicator
+                    else np.zeros(0, dtype=np.intp))
+        if imputer.add_indicator and imputer.indicator_.features != "missing-only":
+            raise _Unsupported("missing indicator")
+        program: list[tuple[str, Any]] = []
+        for _, step in steps[1:]:
+            if type(step) is FunctionTransformer and step.func is signed_log1p and not step.kw_args:
+                program.append(("log", None))
+            elif type(step) is StandardScaler:
+                program.append(("scale", step))
+            else:
+                raise _Unsupported(f"numeric step {type(step).__name__}")
+        return cls(columns, keep, stats[keep], indicate, program)
+
+    @property
+    def sources(self) -> list[str]:
+        """The input column behind each output column."""
+        return [self.columns[i] for i in self.keep] + [self.columns[i] for i in self.indicate]
+
+    def transform(self, X: pd.DataFrame) -> np.ndarray:
+        V = np.asarray(X[self.columns].to_numpy(dtype=np.float64))
+        values = V[:, self.keep]
+        values = np.where(np.isnan(values), self.fill, values)
+        if len(self.indicate):
+            values = np.hstack([values, np.isnan(V[:, self.indicate])])
+        for kind, step in self.steps:
+            if kind == "log":
+                values = signed_log1p(values)
+            else:
+                if step.with_mean:
+                    values = values - step.mean_
+                if step.with_std:
+                    values = values / step.scale_
+        return values
+
+
+@dataclass
+class _CategoricalBlock:
+    """A fitted categorical pipeline (imputer + one-hot) as a lookup table per column."""
+
+    columns: list[str]
+    widths: list[int]
+    tables: list[dict[Any, np.ndarray]]
+    missing: list[np.ndarray]
+    unknown: list[np.ndarray]
+
+    @classmethod
+    def build(cls, pipe: Any, columns: list[str]) -> _CategoricalBlock:
+        steps = list(pipe.steps) if isinstance(pipe, Pipeline) else [("only", pipe)]
+        kinds = [type(s) for _, s in steps]
+        if kinds not in ([SimpleImputer, OneHotEncoder], [OneHotEncoder]):
+            raise _Unsupported("categorical block")
+        encoder = steps[-1][1]
+        widths = list(getattr(encoder, "_n_features_outs", []))
+        if len(widths) != len(columns) or encoder.drop is not None:
+            raise _Unsupported("one-hot layout")
+        starts = np.concatenate([[0], np.cumsum(widths)])
+        base = [encoder.categories_[i][0] for i in range(len(columns))]
+        tables, missing, unknown = [], [], []
+        for i, col in enumerate(columns):
+            known = [v for v in encoder.categories_[i] if isinstance(v, str)]
+            sentinel = "\x00unseen"
+            while sentinel in known:
+                sentinel += "\x00"
+            values = [*known, np.nan, sentinel]
+            frame = pd.DataFrame({c: [base[j]] * len(values) for j, c in enumerate(columns)}, dtype=object)
+            frame[col] = pd.Series(values, dtype=object)
+            out = np.asarray(pipe.transform(frame), dtype=np.float64)[:, starts[i]:starts[i + 1]]
+            tables.append({v: out[k] for k, v in enumerate(known)})
+            missing.append(out[len(known)])
+            unknown.append(out[len(known) + 1])
+        return cls(columns, widths, tables, missing, unknown)
+
+    @property
+    def sources(self) -> list[str]:
+        return [c for c, w in zip(self.columns, self.widths, strict=True) for _ in range(w)]
+
+    def transform(self, X: pd.DataFrame) -> np.ndarray:
+        blocks = []
+        for i, col in enumerate(self.columns):
+            codes, uniques = pd.factorize(X[col], use_na_sentinel=True)
+            rows = [self.tables[i].get(u, self.unknown[i]) if isinstance(u, str) else self.unknown[i]
+                    for u in uniques]
+            lookup = np.vstack([*rows, self.missing[i]]) if rows else self.missing[i][None, :]
+            blocks.append(lookup[np.where(codes < 0, len(rows), codes)])
+        return np.hstack(blocks) if blocks else np.zeros((len(X), 0))
+
+
+@dataclass
+class _Prep:
+    """A ColumnTransformer of numeric and categorical blocks, evaluated without pandas per block."""
+
+    blocks: list[Any]
+
+    @classmethod
+    def build(cls, ct: Any) -> _Prep:
+        if type(ct) is not ColumnTransformer or ct.sparse_output_:
+            raise _Unsupported("preprocessing")
+        blocks: list[Any] = []
+        for name, trans, cols in ct.transformers_:
+            if trans == "drop" or (name == "remainder" and len(cols) == 0):
+                continue
+            if trans == "passthrough" or not all(isinstance(c, str) for c in cols):
+                raise _Unsupported("column transformer")
+            steps = trans.steps if isinstance(trans, Pipeline) else [("only", trans)]
+            if type(steps[-1][1]) is OneHotEncoder:
+                blocks.append(_CategoricalBlock.build(trans, list(cols)))
+            else:
+                blocks.append(_NumericBlock.build(trans, list(cols)))
+        return cls(blocks)
+
+    @property
+    def sources(self) -> list[str]:
+        return [s for b in self.blocks for s in b.sources]
+
+    def transform(self, X: pd.DataFrame) -> np.ndarray:
+        return np.ascontiguousarray(np.hstack([b.transform(X) for b in self.blocks]))
+
+
+# -- estimators ---------------------------------------------------------------------------------
+@dataclass
+class _Logistic:
+    model: Any
+
+    def output(self, T: np.ndarray) -> np.ndarray:
+        return self.model.decision_function(T)
+
+    def proba(self, decision: np.ndarray) -> np.ndarray:
+        return softmax(decision.copy(), copy=False)
+
+    def deltas(self, T: np.ndarray, ref: np.ndarray, cols: list[np.ndarray]) -> list[np.ndarray | None]:
+        coef = self.model.coef_
+        out: list[np.ndarray | None] = []
+        for c in cols:
+            if not len(c):
+                out.append(None)
+                continue
+            diff = ref[c] - T[:, c]
+            delta = diff[:, :1] * coef[:, c[0]]
+            for j in range(1, len(c)):
+                delta = delta + diff[:, j:j + 1] * coef[:, c[j]]
+            out.append(delta)
+        return out
+
+
+@dataclass
+class _Boosting:
+    model: Any
+    trees: list[tuple[int, Any]] = field(default_factory=list)   # (class column, predictor), in sklearn order
+
+    def __post_init__(self) -> None:
+        K = self.model.n_trees_per_iteration_
+        self.trees = [(k, p) for it in self.model._predictors for k, p in enumerate(it)]
+        if len(self.trees) != K * self.model.n_iter_:
+            raise _Unsupported("gradient boosting layout")
+        mapper = self.model._bin_mapper
+        if mapper.is_categorical_ is not None and np.any(mapper.is_categorical_):
+            raise _Unsupported("categorical splits")
+        self.thresholds = mapper.bin_thresholds_
+        self.missing_bin = mapper.missing_values_bin_idx_
+        self.pruned: dict[tuple[int, ...], list[tuple[int, Any]]] = {}
+
+    def binned(self, T: np.ndarray) -> np.ndarray:
+        B = np.empty(T.shape, dtype=np.uint8)
+        for f, thr in enumerate(self.thresholds):
+            col = T[:, f]
+            B[:, f] = np.where(np.isnan(col), self.missing_bin, np.searchsorted(thr, col, side="left"))
+        return B
+
+    def prepare(self, ref: np.ndarray, cols: list[np.ndarray]) -> None:
+        """Trees pruned at the reference, for every group that one of their splits reads."""
+        ref_bins = self.ref_bins = self.binned(ref[None, :])[0]
+        for c in cols:
+            key = tuple(int(i) for i in c)
+            if key in self.pruned:
+                continue
+            fixed = set(key)
+            out = []
+            for t, (_, pred) in enumerate(self.trees):
+                nodes = pred.nodes
+                inner = ~nodes["is_leaf"].astype(bool)
+                if fixed and np.isin(nodes["feature_idx"][inner], key).any():
+                    out.append((t, _prune(pred, fixed, ref_bins, self.missing_bin)))
+            self.pruned[key] = out
+
+    def output(self, T: np.ndarray) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+        """Raw predictions (summed in sklearn's order), each tree's values, and the binned input."""
+        B = self.binned(T)
+        raw = np.zeros((len(T), self.model.n_trees_per_iteration_), dtype=np.float64, order="F")
+        raw += self.model._baseline_prediction
+        values = []
+        for k, pred in self.trees:
+            v = pred.predict_binned(B, self.missing_bin, 1)
+            raw[:, k] += v
+            values.append(v)
+        return raw, values, B
+
+    def proba(self, raw: np.ndarray) -> np.ndarray:
+        return self.model._loss.predict_proba(raw)
+
+    def deltas(self, B: np.ndarray, values: list[np.ndarray], cols: list[np.ndarray]) -> list[np.ndarray | None]:
+        """Per group, the change of the raw predictions when the group is set to the reference.
+
+        Each tree's change is its value on the customer with the group at the reference
+        minus its value on the customer, summed over the trees that split on the group
+        in sklearn's order. Few customers: the trees run on copies of the customers with
+        each group at the reference (one call per tree); many: the pruned trees run on
+        the customers (one call per pruned tree). Both give the same leaves, so the
+        same sums, bit for bit.
+        """
+        K = self.model.n_trees_per_iteration_
+        keys = [tuple(int(i) for i in c) for c in cols]
+        live = [g for g, key in enumerate(keys) if self.pruned[key]]
+        tree_values: dict[int, list[np.ndarray]] = {}
+        if len(B) * len(live) <= SMALL_ROWS:
+            copies = np.repeat(B[None, :, :], len(live), axis=0)
+            for j, g in enumerate(live):
+                copies[j][:, list(keys[g])] = self.ref_bins[list(keys[g])]
+            flat = copies.reshape(-1, B.shape[1])
+            every = [pred.predict_binned(flat, self.missing_bin, 1).reshape(len(live), len(B))
+                     for _, pred in self.trees]
+            for j, g in enumerate(live):
+                tree_values[g] = [every[t][j] for t, _ in self.pruned[keys[g]]]
+        out: list[np.ndarray | None] = []
+        for g, key in enumerate(keys):
+            pruned = self.pruned[key]
+            if not pruned:
+                out.append(None)
+                continue
+            delta = np.zeros((len(B), K))
+            for i, (t, pred) in enumerate(pruned):
+                moved = tree_values[g][i] if g in tree_values else pred.predict_binned(B, self.missing_bin, 1)
+                delta[:, self.trees[t][0]] += moved - values[t]
+            out.append(delta)
+        return out
+
+
+def _prune(pred: Any, fixed: set[int], ref_bins: np.ndarray, missing_bin: int) -> Any:
+    """The tree with every split on a ``fixed`` column decided by the reference's value."""
+    from sklearn.ensemble._hist_gradient_boosting.predictor import TreePredictor
+
+    nodes = pred.nodes
+    kept: list[Any] = []
+
+    def follow(i: int) -> int:
+        while not nodes[i]["is_leaf"] and int(nodes[i]["feature_idx"]) in fixed:
+            b = ref_bins[int(nodes[i]["feature_idx"])]
+            left = bool(nodes[i]["missing_go_to_left"]) if b == missing_bin else b <= nodes[i]["bin_threshold"]
+            i = int(nodes[i]["left"] if left else nodes[i]["right"])
+        return i
+
+    def copy(i: int) -> int:
+        i = follow(i)
+        pos = len(kept)
+        kept.append(nodes[i].copy())
+        if not nodes[i]["is_leaf"]:
+            left = copy(int(nodes[i]["left"]))
+            right = copy(int(nodes[i]["right"]))
+            kept[pos]["left"], kept[pos]["right"] = left, right
+        return pos
+
+    copy(0)
+    return TreePredictor(np.array(kept, dtype=nodes.dtype), pred.binned_left_cat_bitsets,
+                         pred.raw_left_cat_bitsets)
+
+
+def _member(step: Any) -> tuple[_Prep, Any]:
+    if not isinstance(step, Pipeline) or len(step.steps) != 2:
+        raise _Unsupported("member")
+    prep, model = step.steps[0][1], step.steps[1][1]
+    if type(model) is LogisticRegression and len(model.classes_) >= 3:
+        return _Prep.build(prep), _Logistic(model)
+    if type(model) is HistGradientBoostingClassifier:
+        return _Prep.build(prep), _Boosting(model)
+    raise _Unsupported(f"estimator {type(model).__name__}")
+
+
+# -- the plan -----------------------------------------------------------------------------------
+@dataclass
+class Plan:
+    """A fitted pipeline laid out for column-wise scoring and occlusion (see the module docstring).
+
+    Build it with :func:`compile_plan`; it keeps no state between calls.
+    """
+
+    pipeline: Any
+    btyd: Any
+    members: list[tuple[_Prep, Any]]
+    vote: Any
+    decision: Any
+    columns: list[str]
+    groups: list[tuple[str, list[str]]]
+    reference: pd.DataFrame
+    member_cols: list[list[np.ndarray]] = field(default_factory=list)
+    member_refs: list[np.ndarray] = field(default_factory=list)
+
+    def _transformed(self, X: pd.DataFrame) -> pd.DataFrame:
+        return self.btyd.transform(X) if self.btyd is not None else X
+
+    def _combine(self, probas: list[np.ndarray]) -> np.ndarray:
+        """Member probabilities -> the pipeline's probabilities, in ``pipeline.classes_`` order."""
+        if self.vote is None:
+            proba = probas[0]
+        else:
+            proba = np.average(np.asarray(probas), axis=0, weights=self.vote._weights_not_none)
+        if self.decision is None:
+            return proba
+        classes = list(self.vote.classes_ if self.vote is not None else self.members[0][1].model.classes_)
+        aligned = np.zeros((proba.shape[0], len(self.decision.classes_)))
+        for j, c in enumerate(self.decision.classes_):
+            if c in classes:
+                aligned[:, j] = proba[:, classes.index(c)]
+        if aligned.shape[1] < 2:
+            return aligned
+        return _shifted(_cumulative(aligned), self.decision.shifts_)
+
+    def _outputs(self, X: pd.DataFrame) -> list[tuple[Any, Any]]:
+        Xb = self._transformed(X)
+        out = []
+        for prep, est in self.members:
+            T = prep.transform(Xb)
+            out.append((T, est.output(T)))
+        return out
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        """Probabilities of the pipeline (``pipeline.classes_`` order); equal to ``pipeline.predict_proba``."""
+        return self._combine([self._member_proba(est, o) for (_, est), (_, o) in
+                              zip(self.members, self._outputs(X), strict=True)])
+
+    @staticmethod
+    def _member_proba(est: Any, output: Any) -> np.ndarray:
+        return est.proba(output[0] if isinstance(est, _Boosting) else output)
+
+    def scores(self, X: pd.DataFrame, choose: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities (``pipeline.classes_`` order) and occlusion effects (customers x groups).
+
+        The effect is the drop of the probability of the class ``choose(proba)``
+        picks for each customer (default: the most probable one).
+        """
+        n = len(X)
+        outputs = self._outputs(X)
+        proba = self._combine([self._member_proba(est, o) for (_, est), (_, o) in
+                               zip(self.members, outputs, strict=True)])
+        pred = np.argmax(proba, axis=1) if choose is None else choose(proba)
+        base = proba[np.arange(n), pred]
+        effects = np.zeros((n, len(self.groups)))
+        deltas = []
+        for (_, est), (T, out), cols, ref in zip(self.members, outputs, self.member_cols, self.member_refs,
+                                                 strict=True):
+            if isinstance(est, _Boosting):
+                raw, values, B = out
+                deltas.append([_blocks(est.deltas, B, values, cols)])
+            else:
+                deltas.append([est.deltas(T, ref, cols)])
+        for g in range(len(self.groups)):
+            moved = np.zeros(n, dtype=bool)
+            member_delta = []
+            for m in range(len(self.members)):
+                d = deltas[m][0][g]
+                member_delta.append(d)
+                if d is not None:
+                    moved |= (d != 0).any(axis=1)
+            rows = np.flatnonzero(moved)
+            if not len(rows):
+                continue
+            probas = []
+            for (_, est), (_, out), d in zip(self.members, outputs, member_delta, strict=True):
+                o = out[0] if isinstance(est, _Boosting) else out
+                o = o[rows] if d is None else o[rows] + d[rows]
+                probas.append(est.proba(o))
+            p = self._combine(probas)
+            effects[rows, g] = base[rows] - p[np.arange(len(rows)), pred[rows]]
+        return proba, effects
+
+
+def _blocks(fn: Any, B: np.ndarray, values: list[np.ndarray], cols: list[np.ndarray]) -> list[np.ndarray | None]:
+    """``fn`` over row blocks of at most :data:`BLOCK_ROWS`, stacked back."""
+    n = len(B)
+    if n <= BLOCK_ROWS:
+        return fn(B, values, cols)
+    parts = [fn(B[s:s + BLOCK_ROWS], [v[s:s + BLOCK_ROWS] for v in values], cols)
+             for s in range(0, n, BLOCK_ROWS)]
+    return [None if parts[0][g] is None else np.vstack([p[g] for p in parts]) for g in range(len(cols))]
+
+
+def compile_plan(pipeline: Any, columns: Sequence[str], groups: list[tuple[str, list[str]]],
+                 reference: dict[str, Any]) -> Plan | None:
+    """A :class:`Plan` for ``pipeline``, or None when it has a shape the plan does not cover.
+
+    Parameters
+    ----------
+    pipeline : Pipeline
+        A fitted candidate pipeline (:func:`clvtier.models.make_pipeline`).
+    columns : list of str
+        The model's input columns, in order.
+    groups : list of (label, columns)
+        The feature groups explained (:func:`clvtier.predict.explanation_groups`).
+    reference : dict
+        Each column's typical training value (None for missing).
+    """
+    try:
+        return _compile(pipeline, list(columns), groups, reference)
+    except _Unsupported:
+        return None
+
+
+def _compile(pipeline: Any, columns: list[str], groups: list[tuple[str, list[str]]],
+             reference: dict[str, Any]) -> Plan:
+    from clvtier.models import model_input
+
+    if not isinstance(pipeline, Pipeline):
+        raise _Unsupported("not a pipeline")
+    steps = [s for _, s in pipeline.steps]
+    btyd = None
+    if isinstance(steps[0], BTYDFeatures):
+        btyd, steps = steps[0], steps[1:]
+    if len(steps) == 1 and type(steps[0]) is TierDecision:
+        decision, inner = steps[0], steps[0].estimator_
+        if type(inner) is not VotingClassifier or inner.voting != "soft":
+            raise _Unsupported("decision")
+        vote = inner
+        members = [_member(e) for e in inner.estimators_]
+    elif len(steps) == 2:
+        decision = vote = None
+        members = [_member(Pipeline([("prep", steps[0]), ("model", steps[1])]))]
+    else:
+        raise _Unsupported("layout")
+    ref = model_input(pd.DataFrame({c: [reference.get(c)] for c in columns}), columns)
+    plan = Plan(pipeline, btyd, members, vote, decision, columns, groups, ref)
+    # Which transformed columns each group moves: its own, plus the BTYD outputs for the BTYD inputs.
+    btyd_in = set(BTYD_INPUTS) if btyd is not None else set()
+    owners = [g for g, (_, cols) in enumerate(groups) if btyd_in & set(cols)]
+    if btyd is not None and (len(owners) != 1 or not btyd_in <= set(groups[owners[0]][1])):
+        raise _Unsupported("BTYD inputs split across groups")
+    ref_b = plan._transformed(ref)
+    added = [c for c in ref_b.columns if c not in columns]
+    for prep, est in members:
+        sources = prep.sources
+        cols = []
+        for g, (_, members_of_g) in enumerate(groups):
+            moved = set(members_of_g) | (set(added) if owners and g == owners[0] else set())
+            cols.append(np.array([j for j, s in enumerate(sources) if s in moved], dtype=np.intp))
+        if not set(sources) <= set(ref_b.columns):
+            raise _Unsupported("sources")
+        T_ref = prep.transform(ref_b)[0]
+        if isinstance(est, _Boosting):
+            est.prepare(T_ref, cols)
+        plan.member_cols.append(cols)
+        plan.member_refs.append(T_ref)
+    _check(plan, ref)
+    return plan
+
+
+BTYD_INPUTS = ("btyd_frequency", "btyd_recency", "btyd_T", "btyd_monetary")
+
+
+def _check(plan: Plan, ref: pd.DataFrame) -> None:
+    """The plan must reproduce ``predict_proba`` exactly on probe rows, or it is not used.
+
+    The probes are the reference, the reference with every other feature missing,
+    and with every other feature moved (numbers scaled, categories unseen).
+    """
+    probe = pd.concat([ref, ref, ref], ignore_index=True)
+    for col in plan.columns:
+        if col in BTYD_INPUTS:
+            continue
+        probe.loc[1, col] = np.nan
+        if pd.api.types.is_float_dtype(probe[col]):
+            probe.loc[2, col] = 1.5 * probe.loc[2, col] + 1.0 if pd.notna(probe.loc[2, col]) else 3.0
+        else:
+            probe.loc[2, col] = "\x00probe"
+    want = plan.pipeline.predict_proba(probe)
+    got = plan.predict_proba(probe)
+    if got.shape != want.shape or not np.array_equal(got, want):
+        raise _Unsupported("probe mismatch")
