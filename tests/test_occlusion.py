@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from clvtier.models import make_pipeline, model_input
-from clvtier.occlusion import SMALL_ROWS, compile_plan
+from clvtier.occlusion import SMALL_ROWS
 from clvtier.predict import Model, explanation_groups, proba_in_tier_order, score_frame
 from clvtier.train import _reference
 

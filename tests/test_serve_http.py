@@ -29,13 +29,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(run_dir: Path, port: int, log: Path, api_key: str | None = None) -> subprocess.Popen[bytes]:
+def start_server(run_dir: Path, port: int, log: Path, api_key: str | None = None,
+                 extra: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
     """Start ``clvtier serve`` and wait until ``/healthz`` answers."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLVTIER_")}
     if api_key:
         env["CLVTIER_API_KEY"] = api_key
     cmd = [sys.executable, "-c", "from clvtier.cli import main; main()",
-           "serve", "--model", str(run_dir), "--host", "127.0.0.1", "--port", str(port)]
+           "serve", "--model", str(run_dir), "--host", "127.0.0.1", "--port", str(port), *extra]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -58,7 +59,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     log = tmp_path_factory.mktemp("serve-http") / "server.log"
     proc = start_server(run_dir, port, log, api_key=API_KEY)
     try:
-        yield {"url": f"http://127.0.0.1:{port}", "proc": proc, "log": log, "data_dir": data_dir}
+        yield {"url": f"http://127.0.0.1:{port}", "proc": proc, "log": log, "data_dir": data_dir, "run_dir": run_dir}
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -119,6 +120,37 @@ def assert_same_scores(got: list[dict[str, Any]], want: list[dict[str, Any]]) ->
             assert abs(rg["effect"] - rw["effect"]) <= 1e-12
 
 
+def test_two_workers_give_the_same_scores_and_stop_cleanly(server: dict[str, Any], tmp_path: Path) -> None:
+    """``--workers 2``: processes share the port, each with the model; the same scores; SIGTERM exits 0.
+
+    (Before the SIGTERM test, which stops the module's server.)
+    """
+    from clvtier.validate import load
+
+    customers = list(records(load(server["data_dir"])).values())[:40]
+    body = {"as_of": "2024-01-01", "customers": customers}
+    with httpx.Client(base_url=server["url"], headers={"X-API-Key": API_KEY}, timeout=60) as client:
+        want = client.post("/v1/score", json=body).json()["scores"]
+    run_dir = server["run_dir"]
+    port = free_port()
+    log = tmp_path / "workers.log"
+    proc = start_server(run_dir, port, log, api_key=API_KEY, extra=("--workers", "2"))
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"X-API-Key": API_KEY}, timeout=60) as c:
+            for _ in range(6):
+                assert_same_scores(c.post("/v1/score", json=body).json()["scores"], want)
+            assert c.post("/v1/score", json=body, headers={"X-API-Key": "wrong"}).status_code == 401
+        lines = [json.loads(x) for x in log.read_text().splitlines() if x.strip().startswith("{")]
+        loaded = [x for x in lines if x["msg"].startswith("model ") and "loaded" in x["msg"]]
+        assert len(loaded) == 2, lines  # once per worker process
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
 def test_sigterm_finishes_in_flight_request_and_exits_0(server: dict[str, Any]) -> None:
     from clvtier.validate import load
 
@@ -148,3 +180,12 @@ def test_sigterm_finishes_in_flight_request_and_exits_0(server: dict[str, Any]) 
     assert any(x.get("path") == "/v1/score" and x["status"] == 200 for x in lines[stop:]), \
         "the in-flight request was not finished after SIGTERM"
     assert lines[-1]["msg"].startswith("Finished server process")
+
+
+def test_workers_with_a_bad_model_fail_fast(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-c", "from clvtier.cli import main; main()",
+           "serve", "--model", str(tmp_path / "nowhere"), "--port", str(free_port()), "--workers", "2"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                         env={k: v for k, v in os.environ.items() if not k.startswith("CLVTIER_")})
+    assert res.returncode != 0
+    assert "Traceback" not in res.stderr and "nowhere" in res.stderr

@@ -550,6 +550,7 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     api_key: Annotated[str | None, typer.Option("--api-key", envvar="CLVTIER_API_KEY",
                                                 help="Require this key in the X-API-Key header.")] = None,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="Server processes (up to one per core).")] = 1,
 ) -> None:
     """Serve the model over HTTP (needs the 'serve' extra: pip install 'clvtier[serve]')."""
     try:
@@ -557,7 +558,7 @@ def serve(
     except ImportError as exc:
         raise InputError(f"the HTTP service is not installed ({exc.name} is missing).",
                          "Install it with: pip install 'clvtier[serve]'") from None
-    run(model_dir, host=host, port=port, api_key=api_key)
+    run(model_dir, host=host, port=port, api_key=api_key, workers=workers)
 
 
 def main() -> None:

@@ -106,8 +106,14 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return app.openapi_schema
 
 
+def app_from_env() -> FastAPI:
+    """The application with settings from the ``CLVTIER_*`` variables (each worker process calls it)."""
+    configure_logging()
+    return create_app(Settings.from_env())
+
+
 def run(model_dir: str | Path | None = None, host: str = "127.0.0.1", port: int = 8000,
-        api_key: str | None = None, **limits: int) -> None:
+        api_key: str | None = None, workers: int = 1, **limits: int) -> None:
     """Serve a model over HTTP until SIGTERM or Ctrl-C, then finish in-flight requests and return.
 
     Parameters
@@ -118,6 +124,10 @@ def run(model_dir: str | Path | None = None, host: str = "127.0.0.1", port: int 
         Where to listen (loopback by default).
     api_key : str, optional
         Require it in ``X-API-Key`` (default: ``CLVTIER_API_KEY``).
+    workers : int
+        Server processes sharing the port (uvicorn's supervisor); each loads the model
+        once. Scoring is CPU-bound and holds the GIL in parts, so up to one per core
+        raises throughput.
     **limits
         Any other :class:`Settings` field, such as ``max_customers``.
 
@@ -130,6 +140,9 @@ def run(model_dir: str | Path | None = None, host: str = "127.0.0.1", port: int 
 
     settings = Settings.from_env(overrides={"model_dir": model_dir, "api_key": api_key, **limits})
     configure_logging()
+    if workers > 1:
+        _run_workers(settings, host, port, workers)
+        return
     app = create_app(settings)
     config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
                             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, server_header=False)
@@ -148,6 +161,24 @@ def run(model_dir: str | Path | None = None, host: str = "127.0.0.1", port: int 
     if not server.started:
         raise ModelError("the service could not start (the log above says why).",
                          "Check the model directory and that the port is free.")
+
+
+def _run_workers(settings: Settings, host: str, port: int, workers: int) -> None:
+    """Several worker processes: the model is checked here first, so a bad model fails fast and clearly."""
+    import os
+
+    import uvicorn
+
+    Scorer(load(settings.model_dir)).close()  # raises ModelError with the reason
+    os.environ.update(settings.to_env())  # the workers read their settings from the environment
+    try:
+        uvicorn.run("clvtier.serve.app:app_from_env", factory=True, workers=workers, host=host, port=port,
+                    log_config=None, access_log=False, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+                    server_header=False)
+    except SystemExit as exc:  # uvicorn exits when it cannot bind the port
+        if exc.code:
+            raise ModelError(f"the service could not listen on {host}:{port}.",
+                             "Check that the port is free and the address is this machine's.") from None
 
 
 def _stopped(signum: int, frame: object) -> None:

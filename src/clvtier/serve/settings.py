@@ -75,6 +75,11 @@ class Settings(BaseModel):
         except ValueError as exc:
             raise InputError(f"invalid service settings: {exc}", "Check the CLVTIER_* variables.") from None
 
+    def to_env(self) -> dict[str, str]:
+        """The ``CLVTIER_*`` variables that give back these settings (for worker processes)."""
+        values = self.model_dump()
+        return {var: str(values[field]) for var, field in ENV_VARS.items() if values.get(field) is not None}
+
 
 def get_settings(request: Request) -> Settings:
     """The app's settings (a dependency; override it in tests)."""
