@@ -5,8 +5,9 @@
    ``reasons=true`` (the default) and then ``reasons=false``.
 2. 1,000-customer batches, with ``reasons=false`` and ``reasons=true``: customers/s.
 
-The server runs in its own process on a free loopback port; a small model is trained
-first when ``--model`` is not given. The last line is machine-readable::
+The server runs in its own process(es) on a free loopback port (``--workers``, default one
+per core); when ``--model`` is not given, a model is trained first on the generated data
+with the default candidates, as a user would. The last line is machine-readable::
 
     serve p50_ms=... p99_ms=... errors=... batch_customers_per_s=...
 
@@ -64,7 +65,8 @@ def train_model(data_dir: Path, workdir: Path) -> Path:
     from clvtier.validate import load
 
     run_dir = workdir / "run"
-    result = train(load(data_dir), TrainConfig(candidates=("logreg",), cv_folds=3, n_boot=20, backtests=0))
+    # The default candidates, as a user trains: the service then serves the model users get.
+    result = train(load(data_dir), TrainConfig(cv_folds=3, n_boot=20, backtests=0))
     write_run(result, run_dir)
     return run_dir
 
@@ -104,10 +106,10 @@ def customer_records(data_dir: Path) -> tuple[list[dict[str, Any]], str]:
     return list(out.values()), (ds.last_date + dt.timedelta(days=1)).isoformat()
 
 
-def start_server(run_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+def start_server(run_dir: Path, port: int, log: Path, workers: int = 1) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLVTIER_")}
     cmd = [sys.executable, "-c", "from clvtier.cli import main; main()", "serve", "--model", str(run_dir),
-           "--host", "127.0.0.1", "--port", str(port)]
+           "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -209,6 +211,8 @@ def main() -> None:
     parser.add_argument("--batch-seconds", type=float, default=8.0, help="time cap of each batch phase")
     parser.add_argument("--concurrency", type=int, default=2, help="batch requests in flight")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="server processes (default: one per core)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="clvtier-bench-") as tmp:
@@ -218,12 +222,16 @@ def main() -> None:
         customers, as_of = customer_records(data_dir)
         port = free_port()
         log = work / "server.log"
-        proc = start_server(run_dir, port, log)
+        proc = start_server(run_dir, port, log, args.workers)
+        model = json.loads((run_dir / "metadata.json").read_text()).get("chosen_model")
+        load_before = os.getloadavg()[0]
         try:
             result = asyncio.run(load_run(f"http://127.0.0.1:{port}", customers, as_of, args))
         finally:
             proc.send_signal(signal.SIGTERM)
             code = proc.wait(60)
+        print(f"model {model}; {args.workers} server worker(s); load average {load_before:.1f} before the "
+              f"load, {os.getloadavg()[0]:.1f} after, on {os.cpu_count()} CPUs")
         s, plain, explained = result["single"], result["batch_no_reasons"], result["batch_reasons"]
         for label, x in (("reasons=true", s), ("reasons=false", result["single_no_reasons"])):
             print(f"single customers ({label}): {x['requests']} requests at {args.rate:g}/s over "
