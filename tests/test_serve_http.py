@@ -140,9 +140,14 @@ def test_two_workers_give_the_same_scores_and_stop_cleanly(server: dict[str, Any
             for _ in range(6):
                 assert_same_scores(c.post("/v1/score", json=body).json()["scores"], want)
             assert c.post("/v1/score", json=body, headers={"X-API-Key": "wrong"}).status_code == 401
-        lines = [json.loads(x) for x in log.read_text().splitlines() if x.strip().startswith("{")]
-        loaded = [x for x in lines if x["msg"].startswith("model ") and "loaded" in x["msg"]]
-        assert len(loaded) == 2, lines  # once per worker process
+        def loaded() -> list[dict[str, Any]]:
+            lines = [json.loads(x) for x in log.read_text().splitlines() if x.strip().startswith("{")]
+            return [x for x in lines if x["msg"].startswith("model ") and "loaded" in x["msg"]]
+
+        deadline = time.monotonic() + 120  # /healthz answers once the first worker is up
+        while len(loaded()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(loaded()) == 2, log.read_text()[-2000:]  # once per worker process
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
     finally:

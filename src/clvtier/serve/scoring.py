@@ -173,6 +173,11 @@ class Scorer:
 
     def __init__(self, model: Model, threads: int = 1) -> None:
         self.model = model
+        # Requests are scored side by side already, and a thread pool per prediction (the
+        # random forest's n_jobs=-1) costs far more than it saves on a few customers.
+        jobs = {k: 1 for k in model.pipeline.get_params(deep=True) if k.endswith("n_jobs")}
+        if jobs:
+            model.pipeline.set_params(**jobs)
         model.plan  # laid out once, at start-up, not on the first request  # noqa: B018
         self.query = FeatureQuery(model.spec)
         self._db = duckdb.connect(":memory:", config={"threads": threads})
