@@ -199,6 +199,24 @@ def test_streamed_parquet_equals_in_memory_predict(model: Model, ds: Dataset, tm
     assert summary.customers_per_second > 0
 
 
+@pytest.mark.parametrize("passes", [2, 5])
+def test_features_built_in_id_ranges_equal_one_pass(model: Model, ds: Dataset, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch, passes: int) -> None:
+    """Large data are featurised one range of customer ids at a time: same rows, same order, same scores."""
+    import importlib
+
+    predict_mod = importlib.import_module("clvtier.predict")  # the package exports predict() under that name
+    write_scores(predict(model, ds), tmp_path / "memory.parquet")
+    rows = int(ds.summary["transactions"]["rows"])
+    monkeypatch.setattr(predict_mod, "SCORE_PASS_ROWS", -(-rows // passes))
+    assert len(predict_mod._id_ranges(ds, passes)) == passes
+    summary = score_to_file(model, ds, tmp_path / "ranges.parquet", chunk_size=250_000)
+    want = pd.read_parquet(tmp_path / "memory.parquet")
+    got = pd.read_parquet(tmp_path / "ranges.parquet")
+    assert summary.n_in == summary.n_out == len(want)
+    _assert_same_scores(got, want, exact=False)
+
+
 @pytest.mark.parametrize("chunk_size", [11, 250_000], ids=["tiny-chunks", "one-chunk"])
 def test_streamed_csv_equals_write_scores(model: Model, ds: Dataset, tmp_path: Path, chunk_size: int) -> None:
     write_scores(predict(model, ds), tmp_path / "memory.csv")

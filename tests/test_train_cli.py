@@ -228,3 +228,13 @@ def test_permutation_importance_subsamples_large_test_sets(monkeypatch: pytest.M
     monkeypatch.setattr(train_mod, "IMPORTANCE_MAX_ROWS", 10_000)
     train_mod._permutation_importance(SpendRule(), X, y, cfg, n_repeats=1)
     assert set(seen) == {500}
+
+
+def test_engine_out_of_memory_is_a_clear_error(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "features.parquet"
+    res = runner.invoke(app, ["features", str(data_dir), "--cutoff", "2023-06-01", "--out", str(out),
+                              "--memory-limit", "1MB"])
+    assert res.exit_code == 2, res.output
+    assert "ran out of memory" in res.output and "--memory-limit" in res.output
+    assert "Traceback" not in res.output and "parsed as CSV" not in res.output
+    assert not out.exists() and not list(tmp_path.iterdir())

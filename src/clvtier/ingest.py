@@ -434,6 +434,8 @@ def _read_csv(
     try:
         return con.read_csv(str(src.path), table_name=f"raw_{name}", **options)
     except Exception as exc:  # duckdb raises several error types for malformed CSV
+        if type(exc).__name__ == "OutOfMemoryException":
+            raise  # not the file's fault: reported as such by the CLI
         raise InputError(
             f"the file cannot be parsed as CSV "
             f"({_first_bad_record(text, src.delimiter, complete, src.header) or _csv_error(exc)}).",

@@ -301,13 +301,60 @@ class ScoreSummary:
         return self.n_out / self.scoring_seconds if self.scoring_seconds > 0 else float("nan")
 
 
+#: Transactions per pass of the feature query in :func:`score_to_file`: beyond it, the
+#: customers are split into consecutive ranges of their ids, built one range at a time,
+#: so the engine's working set (the per-customer window over the transactions) stays
+#: within its memory limit.
+SCORE_PASS_ROWS = 12_000_000
+
+
+def _id_ranges(data: Any, passes: int) -> list[tuple[str | None, str | None]]:
+    """``passes`` consecutive ranges [lo, hi) of customer ids, cut at quantiles of a sample of them."""
+    if passes <= 1:
+        return [(None, None)]
+    tx = data.tables["transactions"]
+    rows = max(1, int(data.summary.get("transactions", {}).get("rows") or 1))
+    ids = tx.select("customer_id").sample(min(1.0, 200_000 / rows), seed=0)
+    sample = sorted(set(data.con.execute(ids)["customer_id"].dropna().astype(str)))
+    cuts = sorted({sample[len(sample) * k // passes] for k in range(1, passes)} - {sample[0]}) if sample else []
+    bounds: list[str | None] = [None, *cuts, None]
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+
+def _write_features(model: Model, data: Any, as_of: dt.date, work: Path) -> list[Path]:
+    """The features of every customer known at ``as_of`` as Parquet files, in customer order."""
+    rows = int(data.summary.get("transactions", {}).get("rows") or 0)
+    paths = []
+    for k, (lo, hi) in enumerate(_id_ranges(data, -(-rows // SCORE_PASS_ROWS))):
+        tables = {}
+        for name, t in data.tables.items():
+            keep = t
+            if lo is not None:
+                keep = keep.filter(keep.customer_id >= lo)
+            if hi is not None:
+                keep = keep.filter(keep.customer_id < hi)
+            tables[name] = keep
+        expr, param = feature_expr(tables, model.spec)
+        path = work / f"features-{k:04d}.parquet"
+        # The features are ordered by their own ORDER BY; not keeping the scan order lets
+        # DuckDB stream and spill the large window and aggregate under its memory limit.
+        data.con.raw_sql("SET preserve_insertion_order = false")
+        try:
+            data.con.to_parquet(expr, path, params={param: as_of})
+        finally:
+            data.con.raw_sql("RESET preserve_insertion_order")
+        paths.append(path)
+    return paths
+
+
 def score_to_file(model: Model, data: Any, out: str | Path, as_of: dt.date | None = None,
                   with_reasons: bool = True, chunk_size: int = CHUNK_SIZE,
                   progress: Callable[[int, int], None] | None = None) -> ScoreSummary:
     """Score every customer known at ``as_of`` into a file, in bounded memory.
 
-    The engine writes the features of every customer to a temporary Parquet file
-    (DuckDB spills to disk beyond its memory limit); they are read back
+    The engine writes the features of every customer to temporary Parquet files
+    (DuckDB spills to disk beyond its memory limit; beyond :data:`SCORE_PASS_ROWS`
+    transactions, one file per range of customer ids); they are read back
     ``chunk_size`` customers at a time, scored with :func:`score_frame` and appended
     to ``out`` (Parquet row groups, or CSV with one header and the same
     formula guard as :func:`write_scores`). The file appears at ``out`` only when
@@ -346,14 +393,12 @@ def score_to_file(model: Model, data: Any, out: str | Path, as_of: dt.date | Non
     if chunk_size < 1:
         raise InputError(f"chunk size {chunk_size} is out of range.", "Use a positive number of customers.")
     as_of = as_of or data.last_date + dt.timedelta(days=1)
-    expr, param = feature_expr(data.tables, model.spec)
     with tempfile.TemporaryDirectory(prefix="clvtier-score-") as work:
-        features_path = Path(work) / "features.parquet"
         t0 = time.perf_counter()
-        data.con.to_parquet(expr, features_path, params={param: as_of})
+        paths = _write_features(model, data, as_of, Path(work))
         feature_seconds = time.perf_counter() - t0
-        source = pq.ParquetFile(features_path)
-        n_in = source.metadata.num_rows
+        sources = [pq.ParquetFile(p) for p in paths]
+        n_in = sum(src.metadata.num_rows for src in sources)
         if n_in == 0:
             raise InputError(f"no customer is known at {as_of}.", "Score as of a later date (--as-of).")
         tiers = dict.fromkeys(TIERS, 0)
@@ -364,11 +409,12 @@ def score_to_file(model: Model, data: Any, out: str | Path, as_of: dt.date | Non
             writer: Any = None
             csv_file = open(tmp, "w", encoding="utf-8", newline="") if suffix == ".csv" else None  # noqa: SIM115
             try:
-                for batch in source.iter_batches(batch_size=chunk_size):
+                for batch in (b for src in sources for b in src.iter_batches(batch_size=chunk_size)):
                     frame = batch.to_pandas()
                     frame["customer_id"] = frame["customer_id"].astype(str)
                     ids = frame["customer_id"].to_numpy()
-                    # The features are sorted by customer: a repeated customer would sit next to itself.
+                    # The features are sorted by customer (and the passes are consecutive ranges of
+                    # ids): a repeated customer would sit next to itself.
                     if (ids[1:] == ids[:-1]).any() or (previous is not None and ids[0] == previous):
                         raise InputError("the features hold a customer twice.",
                                          "This is a bug; report it with the data's shape.")
