@@ -659,3 +659,16 @@ def test_real_ecomx_files_validate_with_exactly_the_expected_warnings(tmp_path: 
     messages = [p["message"] for p in report["problems"]]
     assert messages[0].startswith("age is missing in 1,009 row(s)")
     assert messages[1].startswith("gender is missing in 533 row(s)")
+
+
+@pytest.mark.parametrize("args", [["--as-of", "2024-13-45"], []], ids=["bad-option", "no-such-path"])
+def test_validate_json_reports_errors_before_reading_as_json(args: list[str], tmp_path: Path) -> None:
+    """Errors found before any table is read (a bad option, no such path) are JSON too under --json."""
+    data = tmp_path / ("data" if args else "nowhere")
+    if args:
+        data.mkdir()
+    result = cli("validate", str(data), "--json", *args)
+    assert result.exit_code == EXIT_BAD_INPUT, result.output
+    report = json.loads(result.stdout)
+    assert report["ok"] is False and report["problems"] == []
+    assert report["error"] and report["fix"]

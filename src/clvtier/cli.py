@@ -198,6 +198,11 @@ def validate(
             print(json.dumps({"ok": False, "problems": [p.to_dict() for p in exc.problems]}, indent=2))
             raise typer.Exit(exc.exit_code) from None
         raise
+    except ClvtierError as exc:  # before any table was read: no such path, a bad option
+        if json_out:
+            print(json.dumps({"ok": False, "error": exc.message, "fix": exc.fix, "problems": []}, indent=2))
+            raise typer.Exit(exc.exit_code) from None
+        raise
     if json_out:
         print(json.dumps({"ok": True, "problems": [p.to_dict() for p in ds.problems],
                           "summary": ds.summary}, indent=2, default=str))
