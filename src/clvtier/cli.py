@@ -238,20 +238,20 @@ def features(
     if engine == "spark":
         from clvtier.spark import spark_features
 
-        n = spark_features(str(data), _date(cutoff, "--cutoff"), out_file, master=master)
+        n = spark_features(str(data), _date(cutoff, "--cutoff") or dt.date.today(), out_file, master=master)
         out.print(f"Wrote features of {n:,} customers to {out_file} with Spark ({master}).")
         return
     _check_engine(engine)
-    out_file = Path(out_file)  # type: ignore[assignment]
+    out_path = Path(out_file)
 
     with progress("Validating"):
         ds = load(data, con=_connect(memory_limit), as_of=_date(as_of, "--as-of"))
     _print_problems(ds.warnings)
     with progress("Building features"):
-        fs = write_features(ds, _date(cutoff, "--cutoff") or dt.date.today(), out_file)
+        fs = write_features(ds, _date(cutoff, "--cutoff") or dt.date.today(), out_path)
     out.print(
-        f"Wrote {len(fs.frame):,} customers x {len(fs.columns)} features to {out_file} "
-        f"(metadata: {out_file.name}.meta.json)."
+        f"Wrote {len(fs.frame):,} customers x {len(fs.columns)} features to {out_path} "
+        f"(metadata: {out_path.name}.meta.json)."
     )
     if fs.undated:
         out.print(f"Not time-bounded (may leak the future): {', '.join(fs.undated)}")

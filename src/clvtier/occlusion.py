@@ -494,6 +494,8 @@ def _compile(pipeline: Any, columns: list[str], groups: list[tuple[str, list[str
     btyd = None
     if isinstance(steps[0], BTYDFeatures):
         btyd, steps = steps[0], steps[1:]
+    decision: TierDecision | None
+    vote: VotingClassifier | None
     if len(steps) == 1 and type(steps[0]) is TierDecision:
         decision, inner = steps[0], steps[0].estimator_
         if type(inner) is not VotingClassifier or inner.voting != "soft":
