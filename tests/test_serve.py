@@ -376,6 +376,16 @@ BAD_PAYLOADS = {
         {"as_of": "2024-01-01", "customers": [one(transactions=[{"date": 0, "amount": 1}])]},
         ["body", "customers", 0, "transactions", 0, "date"],
     ),
+    "date-as-timestamp-text": (
+        {"as_of": "2024-01-01", "customers": [one(profile={"join_date": "0"})]},
+        ["body", "customers", 0, "profile", "join_date"],
+    ),
+    "as-of-as-timestamp-text": ({"as_of": "1700000000", "customers": [one()]}, ["body", "as_of"]),
+    "date-not-zero-padded": (
+        {"as_of": "2024-01-01", "customers": [one(transactions=[{"date": "2023-1-5", "amount": 1}])]},
+        ["body", "customers", 0, "transactions", 0, "date"],
+    ),
+    "date-not-in-calendar": ({"as_of": "2023-02-30", "customers": [one()]}, ["body", "as_of"]),
     "amount-as-string": (
         {"as_of": "2024-01-01", "customers": [one(transactions=[{"date": "2023-01-01", "amount": "1.5"}])]},
         ["body", "customers", 0, "transactions", 0, "amount"],

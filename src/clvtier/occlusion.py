@@ -47,6 +47,7 @@ from sklearn.utils.extmath import softmax
 
 from clvtier.btyd import BTYDFeatures
 from clvtier.decision import TierDecision, _cumulative, _shifted
+from clvtier.errors import ClvtierError
 from clvtier.models import signed_log1p
 
 #: Customers per block of the gradient-boosting pass (the binned block stays in cache).
@@ -480,7 +481,9 @@ def compile_plan(pipeline: Any, columns: Sequence[str], groups: list[tuple[str, 
     """
     try:
         return _compile(pipeline, list(columns), groups, reference)
-    except _Unsupported:
+    except (_Unsupported, ClvtierError, ValueError, ArithmeticError):
+        # A shape the plan does not cover, or a reference it cannot score (a model saved
+        # without one): scoring and explanations take the general path.
         return None
 
 

@@ -10,6 +10,7 @@ characters, responses Yes/No.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema
@@ -19,9 +20,21 @@ MAX_DATE = dt.date(2199, 12, 31)
 
 #: YYYY-MM-DD from 1900 to 2199; the pattern is in the schema too, for clients and fuzzers.
 DATE_PATTERN = r"^(19\d{2}|2[01]\d{2})-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])$"
+_DATE_RE = re.compile(DATE_PATTERN)
+
+
+def _iso_date(value: object) -> object:
+    """Only YYYY-MM-DD text is a date: pydantic alone also reads "0" or "1700000000" as timestamps."""
+    if isinstance(value, str):
+        if not _DATE_RE.match(value):
+            raise ValueError("dates are written YYYY-MM-DD")
+        return dt.date.fromisoformat(value)  # raises ValueError for 2023-02-30
+    return value
+
+
 #: Strict: from JSON, only a YYYY-MM-DD string (not a number, not a timestamp) is a date.
 Date = Annotated[
-    dt.date, Field(strict=True, ge=MIN_DATE, le=MAX_DATE),
+    dt.date, Field(strict=True, ge=MIN_DATE, le=MAX_DATE), BeforeValidator(_iso_date),
     WithJsonSchema({"type": "string", "format": "date", "pattern": DATE_PATTERN}),
 ]
 #: The default limits (``Settings``); beyond them the service answers 413, not 422.
