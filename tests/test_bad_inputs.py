@@ -180,8 +180,10 @@ def test_bad_input(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         return
 
     # refused: the structured report (when validation ran) ...
-    if case.code == "input":
-        assert result.output.startswith("Error: "), result.output
+    if case.code == "input":  # refused before any table was read: the message and the fix, as JSON
+        report = json.loads(result.stdout)
+        assert report["ok"] is False and report["problems"] == []
+        assert case.file in report["error"] and report["fix"]
     else:
         report = json.loads(result.stdout)
         assert report["ok"] is False
