@@ -202,14 +202,15 @@ def test_streamed_parquet_equals_in_memory_predict(model: Model, ds: Dataset, tm
 @pytest.mark.parametrize("passes", [2, 5])
 def test_features_built_in_id_ranges_equal_one_pass(model: Model, ds: Dataset, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch, passes: int) -> None:
-    """Large data are featurised one range of customer ids at a time: same rows, same order, same scores."""
-    import importlib
+    """Large data are featurised one range of customer ids at a time: the same features, rows, order and scores."""
+    import clvtier.features as features_mod
 
-    predict_mod = importlib.import_module("clvtier.predict")  # the package exports predict() under that name
     write_scores(predict(model, ds), tmp_path / "memory.parquet")
+    one_pass = build_features(ds, "2024-01-01").frame
     rows = int(ds.summary["transactions"]["rows"])
-    monkeypatch.setattr(predict_mod, "SCORE_PASS_ROWS", -(-rows // passes))
-    assert len(predict_mod._id_ranges(ds, passes)) == passes
+    monkeypatch.setattr(features_mod, "PASS_ROWS", -(-rows // passes))
+    assert len(features_mod.pass_ranges(ds)) == passes
+    pd.testing.assert_frame_equal(build_features(ds, "2024-01-01").frame, one_pass, check_exact=True)
     summary = score_to_file(model, ds, tmp_path / "ranges.parquet", chunk_size=250_000)
     want = pd.read_parquet(tmp_path / "memory.parquet")
     got = pd.read_parquet(tmp_path / "ranges.parquet")

@@ -368,6 +368,43 @@ def _as_date(value: dt.date | str) -> dt.date:
         raise InputError(f"'{value}' is not a date.", "Write dates as YYYY-MM-DD.") from None
 
 
+#: Transactions per pass of the feature query: beyond it, the customers are split into
+#: consecutive ranges of their ids, built one range at a time, so the engine's working set
+#: (the per-customer window over the transactions) stays within its memory limit.
+PASS_ROWS = 12_000_000
+
+
+def id_ranges(data: Any, passes: int) -> list[tuple[str | None, str | None]]:
+    """``passes`` consecutive ranges [lo, hi) of customer ids, cut at quantiles of a sample of them."""
+    if passes <= 1:
+        return [(None, None)]
+    tx = data.tables["transactions"]
+    rows = max(1, int(data.summary.get("transactions", {}).get("rows") or 1))
+    ids = tx.select("customer_id").sample(min(1.0, 200_000 / rows), seed=0)
+    sample = sorted(set(data.con.execute(ids)["customer_id"].dropna().astype(str)))
+    cuts = sorted({sample[len(sample) * k // passes] for k in range(1, passes)} - {sample[0]}) if sample else []
+    bounds: list[str | None] = [None, *cuts, None]
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+
+def pass_ranges(data: Any) -> list[tuple[str | None, str | None]]:
+    """The id ranges to build ``data``'s features in: one per :data:`PASS_ROWS` transactions."""
+    rows = int(data.summary.get("transactions", {}).get("rows") or 0)
+    return id_ranges(data, -(-rows // PASS_ROWS))
+
+
+def in_range(tables: Mapping[str, ir.Table], lo: str | None, hi: str | None) -> dict[str, ir.Table]:
+    """Every table restricted to the customers with ``lo <= customer_id < hi`` (None: unbounded)."""
+    out = {}
+    for name, t in tables.items():
+        if lo is not None:
+            t = t.filter(t.customer_id >= lo)
+        if hi is not None:
+            t = t.filter(t.customer_id < hi)
+        out[name] = t
+    return out
+
+
 def build_features(data: Any, cutoff: dt.date | str, spec: FeatureSpec | None = None,
                    restrict_to: ir.Table | None = None) -> FeatureSet:
     """Features of every customer known at ``cutoff``, from events strictly before it.
@@ -396,8 +433,11 @@ def build_features(data: Any, cutoff: dt.date | str, spec: FeatureSpec | None = 
     """
     cutoff = _as_date(cutoff)
     spec = spec or learn_spec(data.tables, data.con)
-    expr, param = feature_expr(data.tables, spec, restrict_to=restrict_to)
-    frame = data.con.execute(expr, params={param: cutoff})
+    parts = []
+    for lo, hi in pass_ranges(data):  # one pass unless the data are large (PASS_ROWS)
+        expr, param = feature_expr(in_range(data.tables, lo, hi), spec, restrict_to=restrict_to)
+        parts.append(data.con.execute(expr, params={param: cutoff}))
+    frame = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
     frame = frame.reset_index(drop=True)
     frame["customer_id"] = frame["customer_id"].astype(str)
     return FeatureSet(frame=frame, cutoff=cutoff, spec=spec, columns=feature_columns(spec))

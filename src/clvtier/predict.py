@@ -301,40 +301,13 @@ class ScoreSummary:
         return self.n_out / self.scoring_seconds if self.scoring_seconds > 0 else float("nan")
 
 
-#: Transactions per pass of the feature query in :func:`score_to_file`: beyond it, the
-#: customers are split into consecutive ranges of their ids, built one range at a time,
-#: so the engine's working set (the per-customer window over the transactions) stays
-#: within its memory limit.
-SCORE_PASS_ROWS = 12_000_000
-
-
-def _id_ranges(data: Any, passes: int) -> list[tuple[str | None, str | None]]:
-    """``passes`` consecutive ranges [lo, hi) of customer ids, cut at quantiles of a sample of them."""
-    if passes <= 1:
-        return [(None, None)]
-    tx = data.tables["transactions"]
-    rows = max(1, int(data.summary.get("transactions", {}).get("rows") or 1))
-    ids = tx.select("customer_id").sample(min(1.0, 200_000 / rows), seed=0)
-    sample = sorted(set(data.con.execute(ids)["customer_id"].dropna().astype(str)))
-    cuts = sorted({sample[len(sample) * k // passes] for k in range(1, passes)} - {sample[0]}) if sample else []
-    bounds: list[str | None] = [None, *cuts, None]
-    return list(zip(bounds[:-1], bounds[1:], strict=True))
-
-
 def _write_features(model: Model, data: Any, as_of: dt.date, work: Path) -> list[Path]:
     """The features of every customer known at ``as_of`` as Parquet files, in customer order."""
-    rows = int(data.summary.get("transactions", {}).get("rows") or 0)
+    from clvtier.features import in_range, pass_ranges
+
     paths = []
-    for k, (lo, hi) in enumerate(_id_ranges(data, -(-rows // SCORE_PASS_ROWS))):
-        tables = {}
-        for name, t in data.tables.items():
-            keep = t
-            if lo is not None:
-                keep = keep.filter(keep.customer_id >= lo)
-            if hi is not None:
-                keep = keep.filter(keep.customer_id < hi)
-            tables[name] = keep
-        expr, param = feature_expr(tables, model.spec)
+    for k, (lo, hi) in enumerate(pass_ranges(data)):
+        expr, param = feature_expr(in_range(data.tables, lo, hi), model.spec)
         path = work / f"features-{k:04d}.parquet"
         # The features are ordered by their own ORDER BY; not keeping the scan order lets
         # DuckDB stream and spill the large window and aggregate under its memory limit.
@@ -353,8 +326,9 @@ def score_to_file(model: Model, data: Any, out: str | Path, as_of: dt.date | Non
     """Score every customer known at ``as_of`` into a file, in bounded memory.
 
     The engine writes the features of every customer to temporary Parquet files
-    (DuckDB spills to disk beyond its memory limit; beyond :data:`SCORE_PASS_ROWS`
-    transactions, one file per range of customer ids); they are read back
+    (DuckDB spills to disk beyond its memory limit; beyond
+    :data:`clvtier.features.PASS_ROWS` transactions, one file per range of customer
+    ids); they are read back
     ``chunk_size`` customers at a time, scored with :func:`score_frame` and appended
     to ``out`` (Parquet row groups, or CSV with one header and the same
     formula guard as :func:`write_scores`). The file appears at ``out`` only when
