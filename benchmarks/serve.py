@@ -29,9 +29,6 @@ import json
 import os
 import random
 import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -41,14 +38,10 @@ import httpx
 import numpy as np
 import pandas as pd
 
+from clvtier.serve.process import free_port, start_server
+
 #: A single-customer request slower than this counts as an error (and bounds the run).
 REQUEST_TIMEOUT_S = 10.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def make_data(workdir: Path, n_customers: int, seed: int) -> Path:
@@ -104,25 +97,6 @@ def customer_records(data_dir: Path) -> tuple[list[dict[str, Any]], str]:
         get(r.customer_id)["offers"].append({"date": iso(r.campaign_date), "response": r.response,
                                              "promotion_type": r.promotion_type})
     return list(out.values()), (ds.last_date + dt.timedelta(days=1)).isoformat()
-
-
-def start_server(run_dir: Path, port: int, log: Path, workers: int = 1) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLVTIER_")}
-    cmd = [sys.executable, "-c", "from clvtier.cli import main; main()", "serve", "--model", str(run_dir),
-           "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("the server did not start within 180 s")
 
 
 async def fixed_rate(client: httpx.AsyncClient, bodies: list[bytes], rate: float, seconds: float,
@@ -222,7 +196,10 @@ def main() -> None:
         customers, as_of = customer_records(data_dir)
         port = free_port()
         log = work / "server.log"
-        proc = start_server(run_dir, port, log, args.workers)
+        try:
+            proc = start_server(run_dir, port, log, ["--workers", str(args.workers)])
+        except RuntimeError as exc:
+            raise SystemExit(str(exc)) from None
         model = json.loads((run_dir / "metadata.json").read_text()).get("chosen_model")
         load_before = os.getloadavg()[0]
         try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,38 +17,18 @@ import httpx
 import pytest
 from test_serve import records, small_run
 
+from clvtier.serve import process
+from clvtier.serve.process import free_port
+
 pytestmark = pytest.mark.slow
 
 API_KEY = "http-test-key"
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_server(run_dir: Path, port: int, log: Path, api_key: str | None = None,
                  extra: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
-    """Start ``clvtier serve`` and wait until ``/healthz`` answers."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLVTIER_")}
-    if api_key:
-        env["CLVTIER_API_KEY"] = api_key
-    cmd = [sys.executable, "-c", "from clvtier.cli import main; main()",
-           "serve", "--model", str(run_dir), "--host", "127.0.0.1", "--port", str(port), *extra]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"the server exited with {proc.returncode}: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise AssertionError("the server did not start in time")
+    """Start ``clvtier serve`` (with the API key) and wait until ``/healthz`` answers."""
+    return process.start_server(run_dir, port, log, extra, env={"CLVTIER_API_KEY": api_key} if api_key else None)
 
 
 @pytest.fixture(scope="module")

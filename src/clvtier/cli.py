@@ -22,7 +22,15 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from clvtier.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, ClvtierError, DataError, InputError
+from clvtier.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    ClvtierError,
+    DataError,
+    InputError,
+    is_engine_out_of_memory,
+)
 
 app = typer.Typer(
     name="clvtier",
@@ -85,11 +93,6 @@ OUT_OF_MEMORY_FIX = ("Fix: raise --memory-limit (DuckDB spills to disk beyond it
                      "Nothing was written.")
 
 
-def _is_engine_out_of_memory(exc: BaseException) -> bool:
-    """DuckDB's out-of-memory error (its class lives in the duckdb module, imported lazily)."""
-    return type(exc).__name__ == "OutOfMemoryException" and type(exc).__module__.startswith(("duckdb", "_duckdb"))
-
-
 def handle_errors(fn: F) -> F:
     """Turn clvtier errors into a message and an exit code; never print a traceback."""
 
@@ -117,7 +120,7 @@ def handle_errors(fn: F) -> F:
             err.print(OUT_OF_MEMORY_FIX, highlight=False, markup=False)
             raise typer.Exit(EXIT_BAD_INPUT) from None
         except Exception as exc:  # the last line of defence
-            if _is_engine_out_of_memory(exc):
+            if is_engine_out_of_memory(exc):
                 err.print("Error: the query engine ran out of memory under its limit "
                           f"({str(exc).splitlines()[0]}).", highlight=False, markup=False)
                 err.print(OUT_OF_MEMORY_FIX, highlight=False, markup=False)

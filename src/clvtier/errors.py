@@ -112,3 +112,8 @@ class ModelError(ClvtierError):
     """A saved model cannot be used: tampered, incompatible, or not matching the data."""
 
     exit_code = EXIT_BAD_MODEL
+
+
+def is_engine_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is DuckDB's out-of-memory error (its class lives in the duckdb module)."""
+    return type(exc).__name__ == "OutOfMemoryException" and type(exc).__module__.startswith(("duckdb", "_duckdb"))

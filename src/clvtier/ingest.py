@@ -29,7 +29,7 @@ from typing import Any
 import ibis
 import pandas as pd
 
-from clvtier.errors import InputError, Problem
+from clvtier.errors import InputError, Problem, is_engine_out_of_memory
 from clvtier.schema import DATE_PATTERNS, EXTENSIONS, TABLES
 
 _SNIFF_BYTES = 1 << 20
@@ -434,7 +434,7 @@ def _read_csv(
     try:
         return con.read_csv(str(src.path), table_name=f"raw_{name}", **options)
     except Exception as exc:  # duckdb raises several error types for malformed CSV
-        if type(exc).__name__ == "OutOfMemoryException":
+        if is_engine_out_of_memory(exc):
             raise  # not the file's fault: reported as such by the CLI
         raise InputError(
             f"the file cannot be parsed as CSV "

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from clvtier.errors import InputError, ModelError
-from clvtier.features import BTYD_GROUP, FeatureSpec, build_features, feature_expr
+from clvtier.features import BTYD_GROUP, FeatureSpec, build_features, feature_expr, in_range, pass_ranges
 from clvtier.models import model_input
 from clvtier.persist import load_model, safe_csv_frame
 from clvtier.target import TIERS
@@ -136,7 +136,6 @@ def occlusion_effects(pipeline: Any, X: pd.DataFrame, proba: np.ndarray, referen
             start += len(rows)
         pending.clear()
 
-    queued = 0
     for j, (_label, members) in enumerate(groups):
         moved = np.zeros(n, dtype=bool)
         for col in members:
@@ -155,10 +154,8 @@ def occlusion_effects(pipeline: Any, X: pd.DataFrame, proba: np.ndarray, referen
                 if pd.api.types.is_float_dtype(batch[col]) else pd.Series([np.nan if ref is None else ref]
                                                                           * len(rows), dtype=object)
         pending.append((j, rows, batch))
-        queued += len(rows)
-        if queued >= OCCLUSION_BATCH_ROWS:
+        if sum(len(r) for _, r, _ in pending) >= OCCLUSION_BATCH_ROWS:
             flush()
-            queued = 0
     flush()
     return effects
 
@@ -303,20 +300,17 @@ class ScoreSummary:
 
 def _write_features(model: Model, data: Any, as_of: dt.date, work: Path) -> list[Path]:
     """The features of every customer known at ``as_of`` as Parquet files, in customer order."""
-    from clvtier.features import in_range, pass_ranges
-
     paths = []
-    for k, (lo, hi) in enumerate(pass_ranges(data)):
-        expr, param = feature_expr(in_range(data.tables, lo, hi), model.spec)
-        path = work / f"features-{k:04d}.parquet"
-        # The features are ordered by their own ORDER BY; not keeping the scan order lets
-        # DuckDB stream and spill the large window and aggregate under its memory limit.
-        data.con.raw_sql("SET preserve_insertion_order = false")
-        try:
-            data.con.to_parquet(expr, path, params={param: as_of})
-        finally:
-            data.con.raw_sql("RESET preserve_insertion_order")
-        paths.append(path)
+    # The features are ordered by their own ORDER BY; not keeping the scan order lets
+    # DuckDB stream and spill the large window and aggregate under its memory limit.
+    data.con.raw_sql("SET preserve_insertion_order = false")
+    try:
+        for k, (lo, hi) in enumerate(pass_ranges(data)):
+            expr, param = feature_expr(in_range(data.tables, lo, hi), model.spec)
+            paths.append(work / f"features-{k:04d}.parquet")
+            data.con.to_parquet(expr, paths[-1], params={param: as_of})
+    finally:
+        data.con.raw_sql("RESET preserve_insertion_order")
     return paths
 
 
