@@ -579,3 +579,27 @@ def test_openapi_documents_examples_and_errors(client: TestClient) -> None:
     responses = schema["paths"]["/v1/score"]["post"]["responses"]
     assert {"200", "401", "413", "422", "500"} <= set(responses)
     assert "APIKeyHeader" in schema["components"]["securitySchemes"]
+
+
+def test_serving_process_freezes_the_loaded_heap(trained: tuple[Path, Path]) -> None:
+    import gc
+
+    threshold = gc.get_threshold()
+    assert gc.get_freeze_count() == 0
+    try:
+        with TestClient(create_app(Settings(model_dir=trained[1]), freeze_gc=True)) as c:
+            assert gc.get_freeze_count() > 10_000  # the model, pandas, scikit-learn, ...
+            assert gc.get_threshold()[0] > threshold[0]
+            assert post(c, [one()]).status_code == 200
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
+
+
+def test_embedded_application_leaves_the_collector_alone(client: TestClient) -> None:
+    import gc
+
+    from clvtier.serve.app import GC_THRESHOLD
+
+    assert gc.get_freeze_count() == 0
+    assert gc.get_threshold()[0] < GC_THRESHOLD
