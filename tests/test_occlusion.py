@@ -120,3 +120,21 @@ def test_one_customer_alone_gets_the_reasons_it_gets_in_a_batch(fitted: dict[str
         effects = [f"reason_{k}_effect" for k in (1, 2, 3)]
         np.testing.assert_allclose(alone[effects].iloc[0].to_numpy(float), batch[effects].iloc[i].to_numpy(float),
                                    rtol=0, atol=1e-15)
+
+
+def test_thread_count_changes_no_bit(fitted: dict[str, Any], features: pd.DataFrame) -> None:
+    from clvtier.occlusion import compile_plan
+
+    model = fitted["hist_gb"]
+    X = model_input(features, model.feature_names)
+    plans = []
+    for threads in (1, 2):
+        plan = compile_plan(model.pipeline, model.feature_names, explanation_groups(model.feature_names),
+                            model.reference)
+        assert plan is not None
+        plan.set_threads(threads)
+        plans.append(plan.scores(X))
+    for got in plans:
+        np.testing.assert_array_equal(got[0], model.pipeline.predict_proba(X))
+    np.testing.assert_array_equal(plans[0][1], plans[1][1])
+    assert np.abs(plans[0][1]).sum() > 0

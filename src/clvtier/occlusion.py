@@ -228,8 +228,14 @@ class _Logistic:
 class _Boosting:
     model: Any
     trees: list[tuple[int, Any]] = field(default_factory=list)   # (class column, predictor), in sklearn order
+    #: OpenMP threads per pass over the rows (the sums do not depend on it): as many as
+    #: scikit-learn's own predict uses, unless :meth:`Plan.set_threads` says otherwise.
+    threads: int = 0
 
     def __post_init__(self) -> None:
+        from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
+
+        self.threads = self.threads or _openmp_effective_n_threads()
         K = self.model.n_trees_per_iteration_
         self.trees = [(k, p) for it in self.model._predictors for k, p in enumerate(it)]
         if len(self.trees) != K * self.model.n_iter_:
@@ -242,27 +248,29 @@ class _Boosting:
         self.pruned: dict[tuple[int, ...], list[tuple[int, Any]]] = {}
 
     def binned(self, T: np.ndarray) -> np.ndarray:
-        B = np.empty(T.shape, dtype=np.uint8)
-        for f, thr in enumerate(self.thresholds):
-            col = T[:, f]
-            B[:, f] = np.where(np.isnan(col), self.missing_bin, np.searchsorted(thr, col, side="left"))
+        """The bins of ``T`` (Fortran order), as the model's bin mapper assigns them."""
+        from sklearn.ensemble._hist_gradient_boosting._binning import _map_to_bins
+
+        B = np.empty(T.shape, dtype=np.uint8, order="F")
+        _map_to_bins(np.asarray(T, dtype=np.float64), self.thresholds, np.zeros(T.shape[1], dtype=np.uint8),
+                     self.missing_bin, self.threads, B)
         return B
 
-    def prepare(self, ref: np.ndarray, cols: list[np.ndarray]) -> None:
-        """Trees pruned at the reference, for every group that one of their splits reads."""
-        ref_bins = self.ref_bins = self.binned(ref[None, :])[0]
-        for c in cols:
-            key = tuple(int(i) for i in c)
-            if key in self.pruned:
-                continue
+    def prepare(self, ref: np.ndarray) -> None:
+        self.ref_bins = self.binned(ref[None, :])[0]
+
+    def pruned_trees(self, key: tuple[int, ...]) -> list[tuple[int, Any]]:
+        """The trees that split on a column of ``key``, pruned at the reference (built on first use)."""
+        if key not in self.pruned:
             fixed = set(key)
             out = []
             for t, (_, pred) in enumerate(self.trees):
                 nodes = pred.nodes
                 inner = ~nodes["is_leaf"].astype(bool)
                 if fixed and np.isin(nodes["feature_idx"][inner], key).any():
-                    out.append((t, _prune(pred, fixed, ref_bins, self.missing_bin)))
+                    out.append((t, _prune(pred, fixed, self.ref_bins, self.missing_bin)))
             self.pruned[key] = out
+        return self.pruned[key]
 
     def output(self, T: np.ndarray) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
         """Raw predictions (summed in sklearn's order), each tree's values, and the binned input."""
@@ -271,7 +279,7 @@ class _Boosting:
         raw += self.model._baseline_prediction
         values = []
         for k, pred in self.trees:
-            v = pred.predict_binned(B, self.missing_bin, 1)
+            v = pred.predict_binned(B, self.missing_bin, self.threads)
             raw[:, k] += v
             values.append(v)
         return raw, values, B
@@ -291,26 +299,27 @@ class _Boosting:
         """
         K = self.model.n_trees_per_iteration_
         keys = [tuple(int(i) for i in c) for c in cols]
-        live = [g for g, key in enumerate(keys) if self.pruned[key]]
+        live = [g for g, key in enumerate(keys) if self.pruned_trees(key)]
         tree_values: dict[int, list[np.ndarray]] = {}
         if len(B) * len(live) <= SMALL_ROWS:
             copies = np.repeat(B[None, :, :], len(live), axis=0)
             for j, g in enumerate(live):
                 copies[j][:, list(keys[g])] = self.ref_bins[list(keys[g])]
             flat = copies.reshape(-1, B.shape[1])
-            every = [pred.predict_binned(flat, self.missing_bin, 1).reshape(len(live), len(B))
+            every = [pred.predict_binned(flat, self.missing_bin, self.threads).reshape(len(live), len(B))
                      for _, pred in self.trees]
             for j, g in enumerate(live):
-                tree_values[g] = [every[t][j] for t, _ in self.pruned[keys[g]]]
+                tree_values[g] = [every[t][j] for t, _ in self.pruned_trees(keys[g])]
         out: list[np.ndarray | None] = []
         for g, key in enumerate(keys):
-            pruned = self.pruned[key]
+            pruned = self.pruned_trees(key)
             if not pruned:
                 out.append(None)
                 continue
             delta = np.zeros((len(B), K))
             for i, (t, pred) in enumerate(pruned):
-                moved = tree_values[g][i] if g in tree_values else pred.predict_binned(B, self.missing_bin, 1)
+                moved = (tree_values[g][i] if g in tree_values
+                         else pred.predict_binned(B, self.missing_bin, self.threads))
                 delta[:, self.trees[t][0]] += moved - values[t]
             out.append(delta)
         return out
@@ -374,6 +383,19 @@ class Plan:
     reference: pd.DataFrame
     member_cols: list[list[np.ndarray]] = field(default_factory=list)
     member_refs: list[np.ndarray] = field(default_factory=list)
+
+    def prepare_reasons(self) -> None:
+        """Build now what the first scoring with reasons would build (the pruned trees)."""
+        for (_, est), cols in zip(self.members, self.member_cols, strict=True):
+            if isinstance(est, _Boosting):
+                for c in cols:
+                    est.pruned_trees(tuple(int(i) for i in c))
+
+    def set_threads(self, threads: int) -> None:
+        """Threads of the gradient-boosting passes (1 where calls already run side by side)."""
+        for _, est in self.members:
+            if isinstance(est, _Boosting):
+                est.threads = max(1, int(threads))
 
     def _transformed(self, X: pd.DataFrame) -> pd.DataFrame:
         return self.btyd.transform(X) if self.btyd is not None else X
@@ -529,7 +551,7 @@ def _compile(pipeline: Any, columns: list[str], groups: list[tuple[str, list[str
             raise _Unsupported("sources")
         T_ref = prep.transform(ref_b)[0]
         if isinstance(est, _Boosting):
-            est.prepare(T_ref, cols)
+            est.prepare(T_ref)
         plan.member_cols.append(cols)
         plan.member_refs.append(T_ref)
     _check(plan, ref)

@@ -178,7 +178,9 @@ class Scorer:
         jobs = {k: 1 for k in model.pipeline.get_params(deep=True) if k.endswith("n_jobs")}
         if jobs:
             model.pipeline.set_params(**jobs)
-        model.plan  # laid out once, at start-up, not on the first request  # noqa: B018
+        if model.plan is not None:  # laid out once, at start-up, not on the first request
+            model.plan.set_threads(1)
+            model.plan.prepare_reasons()
         self.query = FeatureQuery(model.spec)
         self._db = duckdb.connect(":memory:", config={"threads": threads})
         self._lock = threading.Lock()
