@@ -138,3 +138,39 @@ def test_thread_count_changes_no_bit(fitted: dict[str, Any], features: pd.DataFr
         np.testing.assert_array_equal(got[0], model.pipeline.predict_proba(X))
     np.testing.assert_array_equal(plans[0][1], plans[1][1])
     assert np.abs(plans[0][1]).sum() > 0
+
+
+@pytest.mark.parametrize("name", ["blend", "hist_gb"])
+def test_permutation_importance_through_the_plan_equals_the_pipeline(
+        fitted: dict[str, Any], features: pd.DataFrame, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    train_mod = importlib.import_module("clvtier.train")
+    model = fitted[name]
+    X = model_input(features, model.feature_names)
+    y = model.pipeline.predict(X)
+    y[::7] = "Low"  # not a perfect score, so that shuffling has something to lose
+    cfg = train_mod.TrainConfig(metric="macro_f1")
+    wrapped = train_mod._PlanClassifier.wrap(model.pipeline, X, model.reference)
+    assert isinstance(wrapped, train_mod._PlanClassifier)
+    fast = train_mod._permutation_importance(model.pipeline, X, y, cfg, model.reference, n_repeats=2)
+    monkeypatch.setattr(train_mod._PlanClassifier, "wrap", classmethod(lambda cls, p, X, ref: p))
+    slow = train_mod._permutation_importance(model.pipeline, X, y, cfg, model.reference, n_repeats=2)
+    assert fast == slow
+    assert max(r["mean"] for r in fast) > 0
+
+
+@pytest.mark.parametrize("name", ["blend", "logreg", "hist_gb"])
+def test_shuffled_group_probabilities_equal_predict_proba_bit_for_bit(
+        fitted: dict[str, Any], features: pd.DataFrame, name: str) -> None:
+    from clvtier.occlusion import Shuffler
+
+    model = fitted[name]
+    X = model_input(features, model.feature_names)
+    shuffler = Shuffler(model.plan, X)
+    perm = np.random.default_rng(3).permutation(len(X))
+    for g, (_, members) in enumerate(explanation_groups(model.feature_names)):
+        Xp = X.copy()
+        for col in members:
+            Xp[col] = X[col].to_numpy()[perm]
+        np.testing.assert_array_equal(shuffler.proba(g, perm), model.pipeline.predict_proba(Xp))

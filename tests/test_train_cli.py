@@ -220,13 +220,13 @@ def test_permutation_importance_subsamples_large_test_sets(monkeypatch: pytest.M
     y = np.where(X["total_spend"] > 1, "High", "Low").astype(object)
     cfg = train_mod.TrainConfig(metric="accuracy")
     monkeypatch.setattr(train_mod, "IMPORTANCE_MAX_ROWS", 100)
-    rows = train_mod._permutation_importance(SpendRule(), X, y, cfg, n_repeats=2)
+    rows = train_mod._permutation_importance(SpendRule(), X, y, cfg, {}, n_repeats=2)
     assert seen and set(seen) == {100}
     by = {r["feature"]: r["mean"] for r in rows}
     assert by["total_spend"] > 0.2 and by["age"] == 0.0
     seen.clear()
     monkeypatch.setattr(train_mod, "IMPORTANCE_MAX_ROWS", 10_000)
-    train_mod._permutation_importance(SpendRule(), X, y, cfg, n_repeats=1)
+    train_mod._permutation_importance(SpendRule(), X, y, cfg, {}, n_repeats=1)
     assert set(seen) == {500}
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.base import clone
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.model_selection import StratifiedKFold, cross_validate, train_test_split
 
 from clvtier import clv
@@ -302,7 +302,7 @@ def train(data: Any, config: TrainConfig | None = None, progress: Progress | Non
     timings["evaluation"] = time.perf_counter() - t2
 
     say("Explaining the chosen model")
-    importance = _permutation_importance(fitted[chosen], X.iloc[te], y[te], cfg)
+    importance = _permutation_importance(fitted[chosen], X.iloc[te], y[te], cfg, _reference(X.iloc[tr]))
     examples = _examples(fitted[chosen], X.iloc[te], chosen_proba, ids[te], y[te], y_value[te], _reference(X.iloc[tr]))
 
     say("Leakage audit")
@@ -582,8 +582,73 @@ def _backtest(data: Any, cfg: TrainConfig, cutoff: dt.date, spec: FeatureSpec, c
 IMPORTANCE_MAX_ROWS = 20_000
 
 
+class _PlanClassifier(ClassifierMixin, BaseEstimator):
+    """A fitted pipeline that predicts through its compiled plan (:mod:`clvtier.occlusion`).
+
+    The plan reproduces ``predict_proba`` bit for bit and skips the pipeline's
+    per-call data-frame handling, which dominated the many predictions of permutation
+    importance. :meth:`wrap` returns the pipeline itself when there is no plan, or when
+    the plan's predictions differ from the pipeline's on the data at hand.
+    """
+
+    def __init__(self, pipeline: Any = None, plan: Any = None) -> None:
+        self.pipeline = pipeline
+        self.plan = plan
+
+    @classmethod
+    def wrap(cls, pipeline: Any, X: pd.DataFrame, reference: dict[str, Any]) -> Any:
+        from clvtier.occlusion import compile_plan
+        from clvtier.predict import explanation_groups
+
+        columns = list(X.columns)
+        plan = compile_plan(pipeline, columns, explanation_groups(columns), reference)
+        if plan is None:
+            return pipeline
+        fast = cls(pipeline, plan)
+        return fast if np.array_equal(fast.predict(X), pipeline.predict(X)) else pipeline
+
+    @property
+    def classes_(self) -> np.ndarray:
+        return self.pipeline.classes_
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return True
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        return self.plan.predict_proba(X)
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+    def shuffler(self, X: pd.DataFrame) -> Any:
+        from clvtier.occlusion import Shuffler
+
+        return Shuffler(self.plan, X)
+
+
+class _Fixed(ClassifierMixin, BaseEstimator):
+    """Probabilities computed already, for a scikit-learn scorer (which asks a classifier for them)."""
+
+    def __init__(self, classes: Any = None, proba: Any = None) -> None:
+        self.classes = classes
+        self.proba = proba
+
+    @property
+    def classes_(self) -> np.ndarray:
+        return np.asarray(self.classes)
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return True
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        return np.asarray(self.proba)
+
+    def predict(self, X: Any) -> np.ndarray:
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+
 def _permutation_importance(model: Any, X: pd.DataFrame, y: np.ndarray, cfg: TrainConfig,
-                            n_repeats: int = 5) -> list[dict[str, Any]]:
+                            reference: dict[str, Any], n_repeats: int = 5) -> list[dict[str, Any]]:
     """Drop in the selection metric when a feature is shuffled across the test customers.
 
     The BTYD summary columns are shuffled together (with one permutation) so every
@@ -600,16 +665,22 @@ def _permutation_importance(model: Any, X: pd.DataFrame, y: np.ndarray, cfg: Tra
     if len(X) > IMPORTANCE_MAX_ROWS:
         keep = np.sort(rng.choice(len(X), IMPORTANCE_MAX_ROWS, replace=False))
         X, y = X.iloc[keep], y[keep]
+    model = _PlanClassifier.wrap(model, X, reference)
     base = scorer(model, X, y)
+    shuffler = model.shuffler(X) if isinstance(model, _PlanClassifier) else None
     rows = []
-    for label, members in explanation_groups(list(X.columns)):
+    for g, (label, members) in enumerate(explanation_groups(list(X.columns))):
         drops = []
         for _ in range(n_repeats):
             perm = rng.permutation(len(X))
-            Xp = X.copy()
-            for col in members:
-                Xp[col] = X[col].to_numpy()[perm]
-            drops.append(base - scorer(model, Xp, y))
+            if shuffler is not None:  # the same predictions, recomputing only what the shuffle moves
+                score = scorer(_Fixed(model.classes_, shuffler.proba(g, perm)), X, y)
+            else:
+                Xp = X.copy()
+                for col in members:
+                    Xp[col] = X[col].to_numpy()[perm]
+                score = scorer(model, Xp, y)
+            drops.append(base - score)
         rows.append({"feature": label, "mean": float(np.mean(drops)), "std": float(np.std(drops))})
     return sorted(rows, key=lambda r: -r["mean"])
 
