@@ -218,6 +218,27 @@ def test_features_built_in_id_ranges_equal_one_pass(model: Model, ds: Dataset, t
     _assert_same_scores(got, want, exact=False)
 
 
+@pytest.mark.parametrize("passes", [1, 3])
+def test_written_features_equal_built_features(ds: Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               passes: int) -> None:
+    """``clvtier features`` streams the engine's files to the output: the rows, order and types of build_features."""
+    import clvtier.features as features_mod
+    from clvtier.persist import safe_csv_frame
+
+    want = build_features(ds, "2024-01-01").frame
+    rows = int(ds.summary["transactions"]["rows"])
+    monkeypatch.setattr(features_mod, "PASS_ROWS", -(-rows // passes))
+    monkeypatch.setattr(features_mod, "WRITE_BATCH_ROWS", 97)  # many batches per file
+    assert len(features_mod.pass_ranges(ds)) == passes
+    written = features_mod.write_features(ds, "2024-01-01", tmp_path / "f.parquet")
+    assert written.n_customers == len(want)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "f.parquet"), want, check_exact=True)
+    meta = json.loads((tmp_path / "f.parquet.meta.json").read_text())
+    assert meta["n_customers"] == len(want) and meta["cutoff"] == "2024-01-01"
+    features_mod.write_features(ds, "2024-01-01", tmp_path / "f.csv")
+    assert (tmp_path / "f.csv").read_text() == safe_csv_frame(want).to_csv(index=False)
+
+
 @pytest.mark.parametrize("chunk_size", [11, 250_000], ids=["tiny-chunks", "one-chunk"])
 def test_streamed_csv_equals_write_scores(model: Model, ds: Dataset, tmp_path: Path, chunk_size: int) -> None:
     write_scores(predict(model, ds), tmp_path / "memory.csv")

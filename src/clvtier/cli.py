@@ -253,7 +253,7 @@ def features(
     with progress("Building features"):
         fs = write_features(ds, _date(cutoff, "--cutoff") or dt.date.today(), out_path)
     out.print(
-        f"Wrote {len(fs.frame):,} customers x {len(fs.columns)} features to {out_path} "
+        f"Wrote {fs.n_customers:,} customers x {len(fs.columns)} features to {out_path} "
         f"(metadata: {out_path.name}.meta.json)."
     )
     if fs.undated:

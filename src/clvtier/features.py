@@ -443,21 +443,103 @@ def build_features(data: Any, cutoff: dt.date | str, spec: FeatureSpec | None = 
     return FeatureSet(frame=frame, cutoff=cutoff, spec=spec, columns=feature_columns(spec))
 
 
+def write_feature_parts(data: Any, spec: FeatureSpec, cutoff: dt.date, work: Path,
+                        restrict_to: ir.Table | None = None) -> list[Path]:
+    """The features of every customer known at ``cutoff`` as Parquet files in ``work``, in customer order.
+
+    One file per range of customer ids (:func:`pass_ranges`), written by the engine
+    itself: the rows never pass through Python, and DuckDB streams and spills under
+    its memory limit.
+    """
+    paths = []
+    # The features are ordered by their own ORDER BY; not keeping the scan order lets
+    # DuckDB stream and spill the large window and aggregate under its memory limit.
+    data.con.raw_sql("SET preserve_insertion_order = false")
+    try:
+        for k, (lo, hi) in enumerate(pass_ranges(data)):
+            expr, param = feature_expr(in_range(data.tables, lo, hi), spec, restrict_to=restrict_to)
+            paths.append(work / f"features-{k:04d}.parquet")
+            data.con.to_parquet(expr, paths[-1], params={param: cutoff})
+    finally:
+        data.con.raw_sql("RESET preserve_insertion_order")
+    return paths
+
+
+@dataclass
+class FeatureFile:
+    """Features written by :func:`write_features`: where, how many, and what they are (not the rows)."""
+
+    path: Path
+    n_customers: int
+    cutoff: dt.date
+    spec: FeatureSpec
+    columns: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def undated(self) -> list[str]:
+        return [c for c, m in self.columns.items() if not m["time_bounded"]]
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "cutoff": self.cutoff.isoformat(),
+            "spec": self.spec.to_dict(),
+            "columns": self.columns,
+            "not_time_bounded": self.undated,
+            "n_customers": self.n_customers,
+        }
+
+
+#: Rows per batch when the engine's files are copied into the output.
+WRITE_BATCH_ROWS = 200_000
+
+
 def write_features(data: Any, cutoff: dt.date | str, out: str | Path,
-                   spec: FeatureSpec | None = None) -> FeatureSet:
-    """Build features and write them (CSV or Parquet) with a ``.meta.json`` sidecar, atomically."""
+                   spec: FeatureSpec | None = None) -> FeatureFile:
+    """Build features and write them (CSV or Parquet) with a ``.meta.json`` sidecar, atomically.
+
+    The rows are those of :func:`build_features`, in the same order and types, but
+    they are never all in memory: the engine writes them (see
+    :func:`write_feature_parts`) and they are copied to ``out`` a batch at a time.
+    """
+    import tempfile
+
+    import pyarrow.parquet as pq
+
     from clvtier.persist import atomic_path, safe_csv_frame
 
     out = Path(out)
-    if out.suffix.lower() not in (".csv", ".parquet"):
+    suffix = out.suffix.lower()
+    if suffix not in (".csv", ".parquet"):
         raise InputError(f"{out}: unknown output format.", "Name the output file .csv or .parquet.")
-    fs = build_features(data, cutoff, spec)
-    with atomic_path(out) as tmp:
-        if out.suffix.lower() == ".parquet":
-            fs.frame.to_parquet(tmp, index=False)
-        else:
-            safe_csv_frame(fs.frame).to_csv(tmp, index=False)
+    cutoff = _as_date(cutoff)
+    spec = spec or learn_spec(data.tables, data.con)
+    n = 0
+    with tempfile.TemporaryDirectory(prefix="clvtier-features-") as work, atomic_path(out) as tmp:
+        parts = write_feature_parts(data, spec, cutoff, Path(work))
+        writer: Any = None
+        try:
+            for part in parts:
+                for batch in pq.ParquetFile(part).iter_batches(batch_size=WRITE_BATCH_ROWS):
+                    if suffix == ".parquet":
+                        if writer is None:
+                            writer = pq.ParquetWriter(tmp, batch.schema)
+                        writer.write_batch(batch)
+                    else:
+                        frame = batch.to_pandas()
+                        frame["customer_id"] = frame["customer_id"].astype(str)
+                        safe_csv_frame(frame).to_csv(tmp, mode="a", header=n == 0, index=False)
+                    n += batch.num_rows
+            if n == 0:  # no customer: the columns only
+                empty = pq.read_table(parts[0])
+                if suffix == ".parquet":
+                    pq.write_table(empty, tmp)
+                else:
+                    empty.to_pandas().to_csv(tmp, index=False)
+        finally:
+            if writer is not None:
+                writer.close()
+    result = FeatureFile(out, n, cutoff, spec, feature_columns(spec))
     meta = out.with_name(out.name + ".meta.json")
     with atomic_path(meta) as tmp:
-        tmp.write_text(json.dumps(fs.metadata(), indent=2))
-    return fs
+        tmp.write_text(json.dumps(result.metadata(), indent=2))
+    return result

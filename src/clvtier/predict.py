@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from clvtier.errors import InputError, ModelError
-from clvtier.features import BTYD_GROUP, FeatureSpec, build_features, feature_expr, in_range, pass_ranges
+from clvtier.features import BTYD_GROUP, FeatureSpec, build_features, write_feature_parts
 from clvtier.models import model_input
 from clvtier.persist import load_model, safe_csv_frame
 from clvtier.target import TIERS
@@ -300,18 +300,7 @@ class ScoreSummary:
 
 def _write_features(model: Model, data: Any, as_of: dt.date, work: Path) -> list[Path]:
     """The features of every customer known at ``as_of`` as Parquet files, in customer order."""
-    paths = []
-    # The features are ordered by their own ORDER BY; not keeping the scan order lets
-    # DuckDB stream and spill the large window and aggregate under its memory limit.
-    data.con.raw_sql("SET preserve_insertion_order = false")
-    try:
-        for k, (lo, hi) in enumerate(pass_ranges(data)):
-            expr, param = feature_expr(in_range(data.tables, lo, hi), model.spec)
-            paths.append(work / f"features-{k:04d}.parquet")
-            data.con.to_parquet(expr, paths[-1], params={param: as_of})
-    finally:
-        data.con.raw_sql("RESET preserve_insertion_order")
-    return paths
+    return write_feature_parts(data, model.spec, as_of, work)
 
 
 def score_to_file(model: Model, data: Any, out: str | Path, as_of: dt.date | None = None,
