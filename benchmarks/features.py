@@ -26,7 +26,13 @@ clvtier
     ``clvtier.validate.load`` on the directory (ingest + every validation check) then the
     feature definition (``learn_spec`` + ``feature_expr``) executed to Arrow by Ibis.
 clvtier-pandas
-    The same through ``build_features``, which returns a pandas DataFrame, as the CLI does.
+    The same through ``build_features``, which returns a pandas DataFrame, as the Python API does.
+clvtier-file
+    What ``clvtier features --out FILE.parquet --memory-limit 2GB`` does: validation and
+    features on a DuckDB connection limited to 2 GB, one pass per range of customer ids
+    (``features.PASS_ROWS``), written to Parquet by the engine and copied to the output
+    in batches (``write_features``); the rows are never all in memory. The checksum is
+    computed by DuckDB over the written file.
 floor
     ``SELECT customer_id, count(*), sum(transaction_amount) FROM read_parquet(?) GROUP BY customer_id``
     on a bare DuckDB connection.
@@ -37,8 +43,10 @@ Every stage returns a checksum (customers, total spend, sum of T, sum of frequen
 run stops if the stages disagree. The last line printed is machine-readable::
 
     features rows=<N> clvtier_s=... floor_s=... polars_s=... pandas_s=... ratio_to_floor=... peak_mb=...
+        file_s=... file_peak_mb=...
 
-(``peak_mb`` is clvtier's; ``pandas_s=NA`` with ``--skip-pandas``.)
+(one line; ``peak_mb`` is the ``clvtier`` stage's, ``file_*`` the ``clvtier-file`` stage's;
+``NA`` for a stage not run, such as pandas with ``--skip-pandas``.)
 """
 
 from __future__ import annotations
@@ -138,6 +146,30 @@ def stage_clvtier_pandas(path: Path) -> tuple[float, dict[str, Any], dict[str, f
     frame = build_features(ds, CUTOFF).frame
     t2 = time.perf_counter()
     return t2 - t0, checksum(frame), {"validate_s": t1 - t0, "features_s": t2 - t1}
+
+
+def stage_clvtier_file(path: Path) -> tuple[float, dict[str, Any], dict[str, float]]:
+    import duckdb
+
+    from clvtier.features import write_features
+    from clvtier.ingest import connect
+    from clvtier.validate import load
+
+    with tempfile.TemporaryDirectory(prefix="clvtier-bench-") as work:
+        out = Path(work) / "features.parquet"
+        t0 = time.perf_counter()
+        ds = load(path.parent, con=connect(memory_limit=FILE_MEMORY_LIMIT), as_of=CUTOFF)
+        t1 = time.perf_counter()
+        write_features(ds, CUTOFF, out)
+        t2 = time.perf_counter()
+        ds.con.disconnect()
+        with duckdb.connect(config={"memory_limit": "512MB"}) as con:  # the checksum, without loading the file
+            columns = {r[0] for r in con.execute("DESCRIBE SELECT * FROM read_parquet(?)", [str(out)]).fetchall()}
+            sums = ", ".join(f'sum("{c}")::DOUBLE AS "{c}"' for c in CHECKED if c in columns)
+            row = con.execute(f"SELECT count(*) AS customers, {sums} FROM read_parquet(?)", [str(out)]).df()
+    check = {k: float(v) for k, v in row.iloc[0].items()}
+    check["customers"] = int(check["customers"])
+    return t2 - t0, check, {"validate_s": t1 - t0, "features_s": t2 - t1}
 
 
 def stage_floor(path: Path) -> tuple[float, dict[str, Any], dict[str, float]]:
@@ -278,11 +310,17 @@ def stage_pandas(path: Path) -> tuple[float, dict[str, Any], dict[str, float]]:
     return elapsed, checksum(out), {}
 
 
+#: The columns summed by :func:`checksum`.
+CHECKED = ("n_transactions", "total_spend", "btyd_frequency", "btyd_recency", "btyd_T", "btyd_monetary",
+           "spend_365d", "spend_trend", "ipt_mean", "ipt_std", "n_categories", "first_purchase_value")
+#: DuckDB's memory limit in the ``clvtier-file`` stage (what ``clvtier features --memory-limit`` sets).
+FILE_MEMORY_LIMIT = "2GB"
+
+
 def checksum(frame: Any) -> dict[str, Any]:
     """A few sums that every implementation of the features must agree on."""
     out: dict[str, Any] = {"customers": len(frame)}
-    for name in ("n_transactions", "total_spend", "btyd_frequency", "btyd_recency", "btyd_T", "btyd_monetary",
-                 "spend_365d", "spend_trend", "ipt_mean", "ipt_std", "n_categories", "first_purchase_value"):
+    for name in CHECKED:
         if name in frame.columns:
             out[name] = float(frame[name].astype(float).sum())
     return out
@@ -291,6 +329,7 @@ def checksum(frame: Any) -> dict[str, Any]:
 STAGES = {
     "clvtier": stage_clvtier,
     "clvtier-pandas": stage_clvtier_pandas,
+    "clvtier-file": stage_clvtier_file,
     "floor": stage_floor,
     "polars": stage_polars,
     "pandas": stage_pandas,
@@ -386,9 +425,11 @@ def main() -> None:
     clv = results.get("clvtier")
     ratio = f"{clv['seconds'] / floor:.2f}" if clv and floor else "NA"
     peak = f"{clv['peak_mb']:.0f}" if clv else "NA"
+    file_peak = f"{results['clvtier-file']['peak_mb']:.0f}" if "clvtier-file" in results else "NA"
     print(
         f"features rows={args.rows} clvtier_s={fmt('clvtier')} floor_s={fmt('floor')} polars_s={fmt('polars')} "
-        f"pandas_s={fmt('pandas')} ratio_to_floor={ratio} peak_mb={peak}"
+        f"pandas_s={fmt('pandas')} ratio_to_floor={ratio} peak_mb={peak} file_s={fmt('clvtier-file')} "
+        f"file_peak_mb={file_peak}"
     )
 
 
