@@ -251,17 +251,25 @@ def _warn_not_converged(model: str, params: dict[str, float]) -> None:
 
 
 def _bgnbd_loglik(
-    params: FloatArray, x: FloatArray, t_x: FloatArray, T: FloatArray
+    params: FloatArray, x: FloatArray, t_x: FloatArray, T: FloatArray,
+    levels: tuple[FloatArray, np.ndarray] | None = None,
 ) -> FloatArray:
-    """Per-customer BG/NBD log-likelihood (Fader, Hardie & Lee 2005, eq. 6)."""
+    """Per-customer BG/NBD log-likelihood (Fader, Hardie & Lee 2005, eq. 6).
+
+    ``levels`` is ``np.unique(x, return_inverse=True)``, computed once by a caller that
+    evaluates the likelihood many times: the special functions (``gammaln``,
+    ``betaln``) depend on ``x`` only, so they run once per distinct frequency and are
+    gathered per customer, with the same values bit for bit.
+    """
     r, alpha, a, b = params
-    common = gammaln(r + x) - gammaln(r) + r * np.log(alpha) - betaln(a, b)
-    still_alive = betaln(a, b + x) - (r + x) * np.log(alpha + T)
+    xs, inv = levels if levels is not None else np.unique(x, return_inverse=True)
+    common = (gammaln(r + xs) - gammaln(r) + r * np.log(alpha) - betaln(a, b))[inv]
+    still_alive = betaln(a, b + xs)[inv] - (r + x) * np.log(alpha + T)
     repeat = x > 0
     with np.errstate(invalid="ignore", divide="ignore"):
         dropped = np.where(
             repeat,
-            betaln(a + 1.0, np.where(repeat, b + x - 1.0, b)) - (r + x) * np.log(alpha + t_x),
+            betaln(a + 1.0, np.where(xs > 0, b + xs - 1.0, b))[inv] - (r + x) * np.log(alpha + t_x),
             -np.inf,
         )
     return common + np.logaddexp(still_alive, dropped)
@@ -380,8 +388,10 @@ class BetaGeoModel(BaseEstimator):
         (ux, utx, uT), weight = _compress(x, t_x, t_end)
         n = float(len(x))
 
+        levels = np.unique(ux, return_inverse=True)
+
         def neg_mean_ll(params: FloatArray) -> float:
-            return -float(np.dot(weight, _bgnbd_loglik(params, ux, utx, uT))) / n
+            return -float(np.dot(weight, _bgnbd_loglik(params, ux, utx, uT, levels))) / n
 
         scale = max(float(np.mean(t_end)), 1e-6)
         start = np.array([1.0, scale, 1.0, 1.0])
