@@ -62,8 +62,43 @@ class FeatureSpec:
         return cls(**{k: tuple(v) for k, v in data.items()})
 
 
+class _Described:
+    """What a set of features is (cutoff, spec, columns), for :class:`FeatureSet` and :class:`FeatureFile`."""
+
+    cutoff: dt.date
+    spec: FeatureSpec
+    columns: dict[str, dict[str, Any]]
+
+    @property
+    def n_customers(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def undated(self) -> list[str]:
+        """Features computed from data that carry no dates (they may leak the future)."""
+        return [c for c, m in self.columns.items() if not m["time_bounded"]]
+
+    @property
+    def categorical(self) -> list[str]:
+        return [c for c, m in self.columns.items() if m["kind"] == "categorical"]
+
+    @property
+    def numeric(self) -> list[str]:
+        return [c for c, m in self.columns.items() if m["kind"] == "numeric"]
+
+    def metadata(self) -> dict[str, Any]:
+        """The ``.meta.json`` sidecar written next to a features file."""
+        return {
+            "cutoff": self.cutoff.isoformat(),
+            "spec": self.spec.to_dict(),
+            "columns": self.columns,
+            "not_time_bounded": self.undated,
+            "n_customers": self.n_customers,
+        }
+
+
 @dataclass
-class FeatureSet:
+class FeatureSet(_Described):
     """Features of every customer known at ``cutoff``.
 
     Attributes
@@ -83,26 +118,8 @@ class FeatureSet:
     columns: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
-    def undated(self) -> list[str]:
-        """Features computed from data that carry no dates (they may leak the future)."""
-        return [c for c, m in self.columns.items() if not m["time_bounded"]]
-
-    @property
-    def categorical(self) -> list[str]:
-        return [c for c, m in self.columns.items() if m["kind"] == "categorical"]
-
-    @property
-    def numeric(self) -> list[str]:
-        return [c for c, m in self.columns.items() if m["kind"] == "numeric"]
-
-    def metadata(self) -> dict[str, Any]:
-        return {
-            "cutoff": self.cutoff.isoformat(),
-            "spec": self.spec.to_dict(),
-            "columns": self.columns,
-            "not_time_bounded": self.undated,
-            "n_customers": len(self.frame),
-        }
+    def n_customers(self) -> int:
+        return len(self.frame)
 
 
 def slug(value: str) -> str:
@@ -466,27 +483,18 @@ def write_feature_parts(data: Any, spec: FeatureSpec, cutoff: dt.date, work: Pat
 
 
 @dataclass
-class FeatureFile:
+class FeatureFile(_Described):
     """Features written by :func:`write_features`: where, how many, and what they are (not the rows)."""
 
     path: Path
-    n_customers: int
+    count: int
     cutoff: dt.date
     spec: FeatureSpec
     columns: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
-    def undated(self) -> list[str]:
-        return [c for c, m in self.columns.items() if not m["time_bounded"]]
-
-    def metadata(self) -> dict[str, Any]:
-        return {
-            "cutoff": self.cutoff.isoformat(),
-            "spec": self.spec.to_dict(),
-            "columns": self.columns,
-            "not_time_bounded": self.undated,
-            "n_customers": self.n_customers,
-        }
+    def n_customers(self) -> int:
+        return self.count
 
 
 #: Rows per batch when the engine's files are copied into the output.
