@@ -140,9 +140,12 @@ def test_thread_count_changes_no_bit(fitted: dict[str, Any], features: pd.DataFr
     assert np.abs(plans[0][1]).sum() > 0
 
 
-@pytest.mark.parametrize("name", ["blend", "hist_gb"])
+@pytest.mark.parametrize(("name", "metric"), [("blend", "macro_f1"), ("hist_gb", "macro_f1"),
+                                             ("blend", "accuracy"), ("hist_gb", "balanced_accuracy"),
+                                             ("hist_gb", "weighted_f1")])
 def test_permutation_importance_through_the_plan_equals_the_pipeline(
-        fitted: dict[str, Any], features: pd.DataFrame, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        fitted: dict[str, Any], features: pd.DataFrame, name: str, metric: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib
 
     train_mod = importlib.import_module("clvtier.train")
@@ -150,7 +153,7 @@ def test_permutation_importance_through_the_plan_equals_the_pipeline(
     X = model_input(features, model.feature_names)
     y = model.pipeline.predict(X)
     y[::7] = "Low"  # not a perfect score, so that shuffling has something to lose
-    cfg = train_mod.TrainConfig(metric="macro_f1")
+    cfg = train_mod.TrainConfig(metric=metric)
     wrapped = train_mod._PlanClassifier.wrap(model.pipeline, X, model.reference)
     assert isinstance(wrapped, train_mod._PlanClassifier)
     fast = train_mod._permutation_importance(model.pipeline, X, y, cfg, model.reference, n_repeats=2)
