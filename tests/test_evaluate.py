@@ -370,3 +370,27 @@ def test_carry_forward_tiers_uses_the_callers_binner():
 def test_docstring_examples_run():
     result = doctest.testmod(clvtier.evaluate, raise_on_error=False)
     assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("n", [5, 50, 3000])
+def test_resampled_auc_and_spearman_equal_the_rank_definition_bit_for_bit(n: int) -> None:
+    """The bootstrap ranks from draw counts are the ranks of each resample, exactly (ties included)."""
+    from scipy.stats import rankdata
+
+    from clvtier import evaluate as ev
+
+    rng = np.random.default_rng(n)
+    score = np.round(rng.random(n), 2)  # many ties
+    value = np.where(rng.random(n) < 0.5, 0.0, rng.exponential(50, n).round(1))
+    positive = value > 30
+    idx = np.vstack([np.arange(n)[None], rng.integers(0, n, (30, n))])
+    y = positive[idx]
+    ranks = rankdata(score[idx], axis=1)
+    n_pos = y.sum(axis=1).astype(np.float64)
+    want_auc = ev._ratio((ranks * y).sum(axis=1) - n_pos * (n_pos + 1) / 2, n_pos * (n - n_pos), np.nan)
+    np.testing.assert_array_equal(ev._auc_rows(positive, score, idx), want_auc)
+    rs, rv = ranks - ranks.mean(axis=1, keepdims=True), rankdata(value[idx], axis=1)
+    rv -= rv.mean(axis=1, keepdims=True)
+    want_rho = np.clip(ev._ratio((rs * rv).sum(axis=1), np.sqrt((rs**2).sum(axis=1) * (rv**2).sum(axis=1)),
+                                 np.nan), -1.0, 1.0)
+    np.testing.assert_array_equal(ev._spearman_rows(score, value, idx), want_rho)

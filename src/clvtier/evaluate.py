@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import _num_samples, check_is_fitted
 
@@ -178,24 +177,49 @@ def _flag_share_rows(flag: np.ndarray, value: np.ndarray, idx: np.ndarray) -> np
     return _value_share((v * flag[idx]).sum(axis=1), v.sum(axis=1))
 
 
+def _counts(idx: np.ndarray, n: int) -> np.ndarray:
+    """How many times each of the ``n`` customers is drawn in each resample: (b, n)."""
+    b = idx.shape[0]
+    return np.bincount((idx + n * np.arange(b)[:, None]).ravel(), minlength=b * n).reshape(b, n)
+
+
+def _resample_ranks(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Each customer's average rank (ties averaged) among the resample's draws: (b, n).
+
+    The same numbers ``rankdata(values[idx], axis=1)`` gives each drawn copy, computed
+    from the draw counts after one sort of ``values`` instead of a sort per resample.
+    Ranks are half-integers, so the sums made of them are exact, in any order.
+    """
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    group = np.cumsum(np.r_[False, ordered[1:] != ordered[:-1]])  # tie group of each sorted customer
+    drawn = np.add.reduceat(counts[:, order], starts, axis=1).astype(np.float64)
+    below = np.cumsum(drawn, axis=1) - drawn
+    ranks = np.empty(counts.shape, dtype=np.float64)
+    ranks[:, order] = (below + (drawn + 1.0) / 2.0)[:, group]
+    return ranks
+
+
 def _auc_rows(positive: np.ndarray, score: np.ndarray, idx: np.ndarray) -> np.ndarray:
     # Mann-Whitney U with average ranks for ties; equals sklearn's roc_auc_score.
-    y = positive[idx]
-    ranks = rankdata(score[idx], axis=1)
-    n_pos = y.sum(axis=1).astype(np.float64)
-    n_neg = y.shape[1] - n_pos
-    u = (ranks * y).sum(axis=1) - n_pos * (n_pos + 1) / 2
+    counts = _counts(idx, score.size)
+    drawn_positive = counts * positive
+    ranks = _resample_ranks(score, counts)
+    n_pos = drawn_positive.sum(axis=1).astype(np.float64)
+    n_neg = idx.shape[1] - n_pos
+    u = (ranks * drawn_positive).sum(axis=1) - n_pos * (n_pos + 1) / 2
     return _ratio(u, n_pos * n_neg, np.nan)
 
 
 def _spearman_rows(score: np.ndarray, value: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    rs = rankdata(score[idx], axis=1)
-    rv = rankdata(value[idx], axis=1)
-    rs -= rs.mean(axis=1, keepdims=True)
-    rv -= rv.mean(axis=1, keepdims=True)
-    den = np.sqrt((rs**2).sum(axis=1) * (rv**2).sum(axis=1))
+    counts = _counts(idx, score.size)
+    middle = (idx.shape[1] + 1) / 2.0  # the mean rank of every resample
+    rs = _resample_ranks(score, counts) - middle
+    rv = _resample_ranks(value, counts) - middle
+    den = np.sqrt((counts * rs**2).sum(axis=1) * (counts * rv**2).sum(axis=1))
     # Rank deviations of a constant input are exactly 0, so den == 0 means "undefined".
-    return np.clip(_ratio((rs * rv).sum(axis=1), den, np.nan), -1.0, 1.0)
+    return np.clip(_ratio((counts * rs * rv).sum(axis=1), den, np.nan), -1.0, 1.0)
 
 
 def _headline_fns(
