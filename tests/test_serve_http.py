@@ -139,7 +139,8 @@ def test_sigterm_finishes_in_flight_request_and_exits_0(server: dict[str, Any]) 
     from clvtier.validate import load
 
     once = list(records(load(server["data_dir"])).values())
-    customers = [{**c, "customer_id": f"{k}-{c['customer_id']}"} for k in range(3) for c in once]
+    # Enough work to still be in flight 0.3 s after it was sent (under the 10,000-customer limit).
+    customers = [{**c, "customer_id": f"{k}-{c['customer_id']}"} for k in range(12) for c in once]
     url, proc = server["url"], server["proc"]
     outcome: dict[str, Any] = {}
 
@@ -152,7 +153,7 @@ def test_sigterm_finishes_in_flight_request_and_exits_0(server: dict[str, Any]) 
 
     thread = threading.Thread(target=slow_request)
     thread.start()
-    time.sleep(0.3)  # the request is being scored (2,400 customers with reasons)
+    time.sleep(0.3)  # the request is being parsed or scored (9,600 customers with reasons)
     proc.send_signal(signal.SIGTERM)
     thread.join(120)
     assert proc.wait(60) == 0
