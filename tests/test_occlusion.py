@@ -154,10 +154,9 @@ def test_permutation_importance_through_the_plan_equals_the_pipeline(
     y = model.pipeline.predict(X)
     y[::7] = "Low"  # not a perfect score, so that shuffling has something to lose
     cfg = train_mod.TrainConfig(metric=metric)
-    wrapped = train_mod._PlanClassifier.wrap(model.pipeline, X, model.reference)
-    assert isinstance(wrapped, train_mod._PlanClassifier)
+    assert train_mod._shuffler(model.pipeline, X, model.reference) is not None
     fast = train_mod._permutation_importance(model.pipeline, X, y, cfg, model.reference, n_repeats=2)
-    monkeypatch.setattr(train_mod._PlanClassifier, "wrap", classmethod(lambda cls, p, X, ref: p))
+    monkeypatch.setattr(train_mod, "_shuffler", lambda pipeline, X, reference: None)
     slow = train_mod._permutation_importance(model.pipeline, X, y, cfg, model.reference, n_repeats=2)
     assert fast == slow
     assert max(r["mean"] for r in fast) > 0

@@ -280,14 +280,16 @@ class _Boosting:
     def output(self, T: np.ndarray) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
         """Raw predictions (summed in sklearn's order), each tree's values, and the binned input."""
         B = self.binned(T)
-        raw = np.zeros((len(T), self.model.n_trees_per_iteration_), dtype=np.float64, order="F")
+        values = [pred.predict_binned(B, self.missing_bin, self.threads) for _, pred in self.trees]
+        return self.raw(values), values, B
+
+    def raw(self, values: list[np.ndarray]) -> np.ndarray:
+        """The raw predictions from each tree's values: the baseline plus the trees, in sklearn's order."""
+        raw = np.zeros((len(values[0]), self.model.n_trees_per_iteration_), dtype=np.float64, order="F")
         raw += self.model._baseline_prediction
-        values = []
-        for k, pred in self.trees:
-            v = pred.predict_binned(B, self.missing_bin, self.threads)
+        for (k, _), v in zip(self.trees, values, strict=True):
             raw[:, k] += v
-            values.append(v)
-        return raw, values, B
+        return raw
 
     def proba(self, raw: np.ndarray) -> np.ndarray:
         return self.model._loss.predict_proba(raw)
@@ -494,8 +496,10 @@ class Shuffler:
 
     def __init__(self, plan: Plan, X: pd.DataFrame) -> None:
         self.plan = plan
-        self.n = len(X)
         self.outputs = plan._outputs(X)
+        #: The probabilities of ``X`` as it is.
+        self.base = plan._combine([plan._member_proba(est, o) for (_, est), (_, o) in
+                                   zip(plan.members, self.outputs, strict=True)])
 
     def proba(self, group: int, perm: np.ndarray) -> np.ndarray:
         """Probabilities (``pipeline.classes_`` order) with group ``group``'s rows taken in order ``perm``."""
@@ -510,11 +514,9 @@ class Shuffler:
                 moved = B.copy(order="F")
                 moved[:, c] = B[np.ix_(perm, c)]
                 reading = est.trees_reading(tuple(int(i) for i in c))
-                raw = np.zeros((self.n, est.model.n_trees_per_iteration_), dtype=np.float64, order="F")
-                raw += est.model._baseline_prediction
-                for t, (k, pred) in enumerate(est.trees):
-                    raw[:, k] += pred.predict_binned(moved, est.missing_bin, est.threads) if t in reading else values[t]
-                probas.append(est.proba(raw))
+                probas.append(est.proba(est.raw([
+                    pred.predict_binned(moved, est.missing_bin, est.threads) if t in reading else values[t]
+                    for t, (_, pred) in enumerate(est.trees)])))
             else:
                 Tp = T.copy()
                 Tp[:, c] = T[np.ix_(perm, c)]

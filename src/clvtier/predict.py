@@ -298,11 +298,6 @@ class ScoreSummary:
         return self.n_out / self.scoring_seconds if self.scoring_seconds > 0 else float("nan")
 
 
-def _write_features(model: Model, data: Any, as_of: dt.date, work: Path) -> list[Path]:
-    """The features of every customer known at ``as_of`` as Parquet files, in customer order."""
-    return write_feature_parts(data, model.spec, as_of, work)
-
-
 def score_to_file(model: Model, data: Any, out: str | Path, as_of: dt.date | None = None,
                   with_reasons: bool = True, chunk_size: int = CHUNK_SIZE,
                   progress: Callable[[int, int], None] | None = None) -> ScoreSummary:
@@ -352,7 +347,7 @@ def score_to_file(model: Model, data: Any, out: str | Path, as_of: dt.date | Non
     as_of = as_of or data.last_date + dt.timedelta(days=1)
     with tempfile.TemporaryDirectory(prefix="clvtier-score-") as work:
         t0 = time.perf_counter()
-        paths = _write_features(model, data, as_of, Path(work))
+        paths = write_feature_parts(data, model.spec, as_of, Path(work))
         feature_seconds = time.perf_counter() - t0
         sources = [pq.ParquetFile(p) for p in paths]
         n_in = sum(src.metadata.num_rows for src in sources)

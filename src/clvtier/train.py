@@ -582,48 +582,24 @@ def _backtest(data: Any, cfg: TrainConfig, cutoff: dt.date, spec: FeatureSpec, c
 IMPORTANCE_MAX_ROWS = 20_000
 
 
-class _PlanClassifier(ClassifierMixin, BaseEstimator):
-    """A fitted pipeline that predicts through its compiled plan (:mod:`clvtier.occlusion`).
+def _shuffler(pipeline: Any, X: pd.DataFrame, reference: dict[str, Any]) -> Any:
+    """A :class:`clvtier.occlusion.Shuffler` of ``X`` for the pipeline's compiled plan, or None.
 
-    The plan reproduces ``predict_proba`` bit for bit and skips the pipeline's
-    per-call data-frame handling, which dominated the many predictions of permutation
-    importance. :meth:`wrap` returns the pipeline itself when there is no plan, or when
-    the plan's predictions differ from the pipeline's on the data at hand.
+    The plan reproduces ``predict_proba`` bit for bit and skips the pipeline's per-call
+    data-frame handling, which dominated the many predictions of permutation importance.
+    None when the pipeline has no plan, or when the plan's predictions differ from the
+    pipeline's on ``X``: the caller then predicts through the pipeline.
     """
+    from clvtier.occlusion import Shuffler, compile_plan
+    from clvtier.predict import explanation_groups
 
-    def __init__(self, pipeline: Any = None, plan: Any = None) -> None:
-        self.pipeline = pipeline
-        self.plan = plan
-
-    @classmethod
-    def wrap(cls, pipeline: Any, X: pd.DataFrame, reference: dict[str, Any]) -> Any:
-        from clvtier.occlusion import compile_plan
-        from clvtier.predict import explanation_groups
-
-        columns = list(X.columns)
-        plan = compile_plan(pipeline, columns, explanation_groups(columns), reference)
-        if plan is None:
-            return pipeline
-        fast = cls(pipeline, plan)
-        return fast if np.array_equal(fast.predict(X), pipeline.predict(X)) else pipeline
-
-    @property
-    def classes_(self) -> np.ndarray:
-        return self.pipeline.classes_
-
-    def __sklearn_is_fitted__(self) -> bool:
-        return True
-
-    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
-        return self.plan.predict_proba(X)
-
-    def predict(self, X: pd.DataFrame) -> np.ndarray:
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
-
-    def shuffler(self, X: pd.DataFrame) -> Any:
-        from clvtier.occlusion import Shuffler
-
-        return Shuffler(self.plan, X)
+    columns = list(X.columns)
+    plan = compile_plan(pipeline, columns, explanation_groups(columns), reference)
+    if plan is None:
+        return None
+    shuffler = Shuffler(plan, X)
+    same = np.array_equal(np.asarray(pipeline.classes_)[np.argmax(shuffler.base, axis=1)], pipeline.predict(X))
+    return shuffler if same else None
 
 
 def _sorted_unique(values: np.ndarray) -> bool:
@@ -672,25 +648,24 @@ def _permutation_importance(model: Any, X: pd.DataFrame, y: np.ndarray, cfg: Tra
     if len(X) > IMPORTANCE_MAX_ROWS:
         keep = np.sort(rng.choice(len(X), IMPORTANCE_MAX_ROWS, replace=False))
         X, y = X.iloc[keep], y[keep]
-    model = _PlanClassifier.wrap(model, X, reference)
-    base = scorer(model, X, y)
-    shuffler = model.shuffler(X) if isinstance(model, _PlanClassifier) else None
+    shuffler = _shuffler(model, X, reference)
     classes = np.asarray(model.classes_)
-    if shuffler is not None and _sorted_unique(classes) and np.isin(y, classes).all():
-        # Metrics on tier codes in the sorted order of the tier names: the same labels in
-        # the same order, so the same values, without sorting strings on every call.
-        codes = np.arange(len(classes))
-        y = np.searchsorted(classes, y)
-        base = scorer(_Fixed(codes, shuffler.plan.predict_proba(X)), X, y)
+    if shuffler is None:
+        base = scorer(model, X, y)
     else:
-        codes = classes
+        if _sorted_unique(classes) and np.isin(y, classes).all():
+            # Metrics on tier codes in the sorted order of the tier names: the same labels in
+            # the same order, so the same values, without sorting strings on every call.
+            y = np.searchsorted(classes, y)
+            classes = np.arange(len(classes))
+        base = scorer(_Fixed(classes, shuffler.base), X, y)
     rows = []
     for g, (label, members) in enumerate(explanation_groups(list(X.columns))):
         drops = []
         for _ in range(n_repeats):
             perm = rng.permutation(len(X))
             if shuffler is not None:  # the same predictions, recomputing only what the shuffle moves
-                score = scorer(_Fixed(codes, shuffler.proba(g, perm)), X, y)
+                score = scorer(_Fixed(classes, shuffler.proba(g, perm)), X, y)
             else:
                 Xp = X.copy()
                 for col in members:
