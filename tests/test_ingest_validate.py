@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
+import importlib
 import io
 import json
 import shutil
@@ -518,6 +519,65 @@ def test_ids_are_trimmed_text_with_significant_leading_zeros(tmp_path: Path) -> 
     frame = build_features(ds, TINY_CUTOFF).frame
     assert frame["customer_id"].tolist() == ["007", "07", "7"]
     assert frame["n_transactions"].tolist() == [1, 1, 3]
+
+
+def test_padded_text_in_parquet_is_trimmed_and_clean_text_is_read_as_it_is(tmp_path: Path) -> None:
+    frame = pd.DataFrame({
+        "transaction_id": [1, 2, 3, 4, 5],
+        "customer_id": [" 7 ", "7", "007", "07", "\t7\t"],
+        "transaction_date": [dt.date(2023, 1, d) for d in (1, 2, 2, 3, 4)],
+        "transaction_amount": [5.0] * 5,
+        "product_category": ["Books", "Books ", None, "", "Toys"],
+    })
+    padded = tmp_path / "padded"
+    padded.mkdir()
+    frame.to_parquet(padded / "transactions.parquet", index=False)
+    ds = load(padded, as_of=TINY_AS_OF)
+    features = build_features(ds, TINY_CUTOFF).frame
+    assert features["customer_id"].tolist() == ["007", "07", "7"]
+    assert features["n_transactions"].tolist() == [1, 1, 3]
+    typed = ds.con.execute(ds.tables["transactions"]).sort_values("transaction_id")
+    assert typed["product_category"].fillna("<NA>").tolist() == ["Books", "Books", "<NA>", "<NA>", "Toys"]
+
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    frame.assign(customer_id=["7", "7", "007", "07", "7"], product_category=["Books"] * 5).to_parquet(
+        clean / "transactions.parquet", index=False)
+    ds_clean = load(clean, as_of=TINY_AS_OF)
+    # Without a value to trim, every later query reads the columns as they are.
+    assert "trim" not in ds_clean.con.compile(ds_clean.tables["transactions"]).lower()
+    assert build_features(ds_clean, TINY_CUTOFF).frame["n_transactions"].tolist() == [1, 1, 3]
+
+
+@pytest.mark.parametrize(
+    ("ids", "dupes"),
+    [
+        ([1, 2, 3, 4, 5, 6], 0),  # in order: proven unique by one streamed pass
+        ([1, 2, 3, 3, 4, 5], 1),  # in order but for one repeat
+        ([6, 2, 5, 2, 4, 6], 2),  # out of order
+        ([1, 2, 3, 1, 5, 6], 1),  # a repeat across a batch boundary of the streamed pass
+    ],
+)
+@pytest.mark.parametrize("ids_as_text", [False, True], ids=["integer-ids", "text-ids"])
+def test_duplicate_keys_in_parquet(ids: list[int], dupes: int, ids_as_text: bool, tmp_path: Path,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    validate_module = importlib.import_module("clvtier.validate")
+    monkeypatch.setattr(validate_module, "_ORDER_BATCH", 3)
+    pd.DataFrame({
+        "transaction_id": [f"T{i:03d}" for i in ids] if ids_as_text else ids,
+        "customer_id": ["1", "2", "1", "2", "1", "2"],
+        "transaction_date": [dt.date(2023, 1, d) for d in range(1, 7)],
+        "transaction_amount": [5.0] * 6,
+        "product_category": ["Books"] * 6,
+    }).to_parquet(tmp_path / "transactions.parquet", index=False)
+    if not dupes:
+        assert load(tmp_path, as_of=TINY_AS_OF).summary["transactions"]["rows"] == 6
+        return
+    with pytest.raises(DataError) as err:
+        load(tmp_path, as_of=TINY_AS_OF)
+    problem = only_error(err.value)
+    assert (problem.code, problem.column, problem.count) == ("duplicate_key", "transaction_id", dupes)
+    assert problem.rows == tuple(i + 1 for i, v in enumerate(ids) if ids.count(v) > 1)
 
 
 def test_transaction_id_defaults_to_the_line_number(tmp_path: Path) -> None:

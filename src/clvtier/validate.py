@@ -151,6 +151,7 @@ class _TableCheck:
         self.contract = TABLES[name]
         self.as_of = as_of
         self.problems: list[Problem] = []
+        self.clean: set[str] = set()
         self.summary: dict[str, Any] = {}
 
     def problem(self, severity: str, message: str, fix: str, column: str | None = None,
@@ -163,8 +164,11 @@ class _TableCheck:
     def run(self) -> ir.Table | None:
         if not self._check_columns():
             return None
+        stats = self._stats()
+        # Text columns without a blank value or surrounding whitespace are read as they are
+        # by every later query, without the trim.
+        self.clean = {c for c in self.raw.columns if stats.get(f"padded_{c}") == 0}
         typed = self._typed()
-        stats = self._stats(typed)
         n = stats["n_rows"]
         self.summary = {"rows": n, "file": str(self.src.path)}
         if n == 0:
@@ -221,6 +225,9 @@ class _TableCheck:
         t = self.raw
         cols: dict[str, ir.Value] = {}
         for col in self.contract.columns:
+            if col.name in self.clean and col.kind in ("id", "text"):
+                cols[col.name] = t[col.name]
+                continue
             if col.name not in t.columns:
                 if col.name == "transaction_id":
                     cols[col.name] = (ibis.row_number() + 1).cast("string")
@@ -230,7 +237,7 @@ class _TableCheck:
             cols[col.name] = _convert(t[col.name], col, self.src.date_format)
         return cols
 
-    def _stats(self, typed: ir.Table) -> dict[str, Any]:
+    def _stats(self) -> dict[str, Any]:
         """Every count validation needs, in two queries per table (a scan and the distinct counts)."""
         raw = self.raw
         both = raw.select(
@@ -243,10 +250,14 @@ class _TableCheck:
                 continue
             r = both[f"raw__{col.name}"]
             v = both[col.name]
+            if _never_blank(r) and col.kind in ("id", "text"):  # their text always parses
+                aggs[f"null_{col.name}"] = r.isnull().sum()
+                continue
             if _never_blank(r):  # typed (Parquet, DuckDB) columns: no text round trip
                 present = r.notnull()
             elif col.kind in ("id", "text"):  # their typed value is the stripped text, NULL if blank
                 present = v.notnull()
+                aggs[f"padded_{col.name}"] = (r.notnull() & _padded(r)).sum()
             else:
                 present = r.notnull() & (_as_text(r).strip().length() > 0)
             aggs[f"bad_{col.name}"] = (present & v.isnull()).sum()
@@ -270,17 +281,26 @@ class _TableCheck:
                 canon = r.strip().isin(["Yes", "No"])
                 aggs[f"normalised_{col.name}"] = (v.notnull() & ~canon).sum()
         key = self.contract.key
-        distinct: dict[str, ir.Scalar] = {}
         if key and key in raw.columns:
-            # integers map one to one to their text: count them before the conversion
-            raw_key = both[f"raw__{key}"]
-            distinct["n_distinct_key"] = (raw_key if raw_key.type().is_integer() else both[key]).nunique()
-            aggs["n_key"] = both[key].count()
-        if "customer_id" in both.columns:
-            distinct["n_customers"] = both.customer_id.nunique()
+            aggs["n_key"] = both[f"raw__{key}" if _never_blank(both[f"raw__{key}"]) else key].count()
         stats = dict(self.con.execute(both.aggregate(**aggs)).iloc[0].to_dict())
+
+        def exact(name: str) -> ir.Value:
+            # Integers map one to one to their text, and clean text is its own typed value:
+            # count those before the conversion.
+            r = both[f"raw__{name}"]
+            return r if r.type().is_integer() or stats.get(f"padded_{name}") == 0 else both[name]
+
         # DuckDB runs a scan with many aggregates several times slower when it holds
         # DISTINCT aggregates too: count the distinct values in a query of their own.
+        distinct: dict[str, ir.Scalar] = {}
+        if key and key in raw.columns:
+            if self.src.format != "csv" and _increasing(self.con, exact(key).name("key")):
+                stats["n_distinct_key"] = stats["n_key"]
+            else:
+                distinct["n_distinct_key"] = exact(key).nunique()
+        if "customer_id" in raw.columns:
+            distinct["n_customers"] = exact("customer_id").nunique()
         if distinct:
             stats.update(self.con.execute(both.aggregate(**distinct)).iloc[0].to_dict())
         return stats
@@ -289,7 +309,7 @@ class _TableCheck:
         t = self.raw.mutate(__line=ibis.row_number() + self.src.first_data_line)
         typed_cols = _typed_columns(t, self.contract, self.src.date_format)
         t = t.mutate(**typed_cols)
-        hits = t.filter(condition_of(t)).select("__line").limit(_FIRST_ROWS)
+        hits = t.filter(condition_of(t)).select("__line").order_by("__line").limit(_FIRST_ROWS)
         return tuple(int(x) for x in self.con.execute(hits)["__line"].tolist())
 
     def _check_parse(self, col: Column, stats: dict[str, Any], typed: ir.Table) -> None:
@@ -453,7 +473,42 @@ def _strip(s: ir.StringValue) -> ir.StringValue:
     Used for ids and labels, which every feature query reads (typed Parquet columns are
     converted in each query); dates and numbers in text files are parsed once.
     """
-    return ibis.ifelse((s.left(1) <= " ") | (s.right(1) <= " "), s.strip(), s)
+    return ibis.ifelse(_padded(s), s.strip(), s)
+
+
+def _padded(s: ir.StringValue) -> ir.BooleanValue:
+    """Whether a text value is blank or starts or ends with what ``strip`` removes (see :func:`_strip`)."""
+    # Compared as bytes, a text sorts before "!" exactly when it is empty or its first
+    # character is at or below " ".
+    return (s < "!") | (s.reverse() < "!")
+
+
+#: Rows per batch when a key column is streamed to check its order.
+_ORDER_BATCH = 1_000_000
+
+
+def _increasing(con: Any, values: ir.Value) -> bool:
+    """Whether the non-NULL values of a column are strictly increasing in the table's order.
+
+    Keys written in order (an order log numbered as it grows) then need no hash table
+    to prove them unique: one streamed pass in bounded memory, stopped at the first
+    value that is not larger than the one before it. Only for tables whose reading is
+    cheap (Parquet, DuckDB); a text file would be parsed once more.
+    """
+    import pyarrow.compute as pc
+
+    previous = None
+    with con.to_pyarrow_batches(values.as_table(), chunk_size=_ORDER_BATCH) as batches:
+        for batch in batches:
+            column = batch.column(0).drop_null()
+            if len(column) == 0:
+                continue
+            if previous is not None and not pc.greater(column[0], previous).as_py():
+                return False
+            if len(column) > 1 and not pc.all(pc.greater(column[1:], column[:-1])).as_py():
+                return False
+            previous = column[-1]
+    return True
 
 
 def _as_text(v: ir.Value) -> ir.StringValue:
