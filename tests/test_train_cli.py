@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -98,6 +99,24 @@ def test_training_is_reproducible(data_dir: Path, tmp_path: Path) -> None:
         outs.append(out)
     assert (outs[0] / "test_predictions.csv").read_bytes() == (outs[1] / "test_predictions.csv").read_bytes()
     assert (outs[0] / "cv.csv").read_text() == (outs[1] / "cv.csv").read_text()
+
+
+def test_parallel_fits_give_the_same_run(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large training sets fit folds and candidates in parallel processes: same scores, same predictions."""
+    train_mod = importlib.import_module("clvtier.train")
+    outs = []
+    for threshold in (10**9, 0):  # sequential, then parallel (every size counts as large)
+        monkeypatch.setattr(train_mod, "PARALLEL_FIT_ROWS", threshold)
+        out = tmp_path / f"t{threshold}"
+        res = runner.invoke(app, ["train", str(data_dir), "--out", str(out), "--candidates", "logreg,hist_gb",
+                                  "--cv", "3", "--bootstrap", "50", "--backtests", "0"])
+        assert res.exit_code == 0, res.output
+        outs.append(out)
+    assert (outs[0] / "test_predictions.csv").read_bytes() == (outs[1] / "test_predictions.csv").read_bytes()
+    assert (outs[0] / "cv.csv").read_text() == (outs[1] / "cv.csv").read_text()
+    metrics = [json.loads((out / "metrics.json").read_text()) for out in outs]
+    assert metrics[0]["leakage_audit"] == metrics[1]["leakage_audit"]
+    assert metrics[0]["test"] == metrics[1]["test"]
 
 
 def test_tampered_model_is_refused(run_dir: Path, data_dir: Path, tmp_path: Path) -> None:
@@ -199,7 +218,6 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
 
 
 def test_permutation_importance_subsamples_large_test_sets(monkeypatch: pytest.MonkeyPatch) -> None:
-    import importlib
 
     import numpy as np
     from sklearn.base import BaseEstimator, ClassifierMixin
