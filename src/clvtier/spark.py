@@ -220,7 +220,7 @@ def read_tables(session: SparkSession, source: str | Path, check: bool = True) -
             if src.format == "csv":  # parse text once: later steps read the table several times
                 typed = typed.cache()
             if check:
-                stats = checker._stats(typed)
+                stats = checker._stats()
                 problems.extend(_errors(name, src, stats))
                 summary[name] = _summary(name, stats)
             tables[name] = typed

@@ -295,7 +295,9 @@ class _TableCheck:
         # DISTINCT aggregates too: count the distinct values in a query of their own.
         distinct: dict[str, ir.Scalar] = {}
         if key and key in raw.columns:
-            if self.src.format != "csv" and _increasing(self.con, exact(key).name("key")):
+            # Streamed to this process: only from a local engine, and only from a binary table.
+            local = getattr(self.con, "name", "") == "duckdb"
+            if local and self.src.format != "csv" and _increasing(self.con, exact(key).name("key")):
                 stats["n_distinct_key"] = stats["n_key"]
             else:
                 distinct["n_distinct_key"] = exact(key).nunique()
@@ -413,37 +415,44 @@ def _cross_checks(con: Any, typed: dict[str, ir.Table], sources: dict[str, Table
     if tx is None:
         return out
     if cust is not None:
-        ids = cust.select("customer_id")
+        # One pass per table: its rows counted per customer, outer-joined to the customers
+        # (unique, checked), give both the orphans and, for transactions, the customers
+        # without any; an anti-join each way would probe the large table twice.
+        known = cust.select("customer_id", __known=ibis.literal(True))
         for name in ("transactions", "marketing", "engagements"):
             t = typed.get(name)
             if t is None:
                 continue
-            orphans = t.anti_join(ids, "customer_id")
-            counts = con.execute(
-                orphans.aggregate(rows=orphans.count(), customers=orphans.customer_id.nunique())
-            ).iloc[0]
-            if int(counts["rows"]):
+            per = t.group_by("customer_id").aggregate(__rows=t.count())
+            j = per.outer_join(known, "customer_id")
+            orphan = j["__known"].isnull()
+            counts = con.execute(j.aggregate(
+                rows=_only_sum(orphan, j["__rows"]),
+                customers=(orphan & j["__rows"].notnull()).sum(),
+                without=j["__rows"].isnull().sum(),
+            )).iloc[0]
+            rows = int(counts["rows"] or 0)
+            if rows:
                 out.append(
                     Problem(
                         "warning", name,
-                        f"{int(counts['rows']):,} row(s) of {int(counts['customers']):,} customer(s) "
+                        f"{rows:,} row(s) of {int(counts['customers']):,} customer(s) "
                         "whose customer_id is not in customers; kept (known from their own rows)",
                         "Add those customers to the customers table to get their profile features.",
                         file=str(sources[name].path), column="customer_id",
-                        count=int(counts["rows"]), code="orphan",
+                        count=rows, code="orphan",
                     )
                 )
-        without = cust.anti_join(tx.select("customer_id"), "customer_id").count()
-        n_without = int(con.execute(without))
-        if n_without:
-            out.append(
-                Problem(
-                    "warning", "customers",
-                    f"{n_without:,} customer(s) have no transactions; they get zero spend features",
-                    "Nothing to do if they never bought.", file=str(sources["customers"].path),
-                    column="customer_id", count=n_without, code="no_transactions",
+            n_without = int(counts["without"] or 0)
+            if name == "transactions" and n_without:
+                out.append(
+                    Problem(
+                        "warning", "customers",
+                        f"{n_without:,} customer(s) have no transactions; they get zero spend features",
+                        "Nothing to do if they never bought.", file=str(sources["customers"].path),
+                        column="customer_id", count=n_without, code="no_transactions",
+                    )
                 )
-            )
     return out
 
 
@@ -474,6 +483,11 @@ def _strip(s: ir.StringValue) -> ir.StringValue:
     converted in each query); dates and numbers in text files are parsed once.
     """
     return ibis.ifelse(_padded(s), s.strip(), s)
+
+
+def _only_sum(condition: ir.BooleanValue, value: ir.Value) -> ir.Scalar:
+    """Sum of ``value`` where ``condition`` holds (0 when it never does)."""
+    return ibis.ifelse(condition, value, 0).sum()
 
 
 def _padded(s: ir.StringValue) -> ir.BooleanValue:
