@@ -415,22 +415,28 @@ def _cross_checks(con: Any, typed: dict[str, ir.Table], sources: dict[str, Table
     if tx is None:
         return out
     if cust is not None:
-        # One pass per table: its rows counted per customer, outer-joined to the customers
-        # (unique, checked), give both the orphans and, for transactions, the customers
-        # without any; an anti-join each way would probe the large table twice.
         known = cust.select("customer_id", __known=ibis.literal(True))
         for name in ("transactions", "marketing", "engagements"):
             t = typed.get(name)
             if t is None:
                 continue
-            per = t.group_by("customer_id").aggregate(__rows=t.count())
-            j = per.outer_join(known, "customer_id")
-            orphan = j["__known"].isnull()
-            counts = con.execute(j.aggregate(
-                rows=_only_sum(orphan, j["__rows"]),
-                customers=(orphan & j["__rows"].notnull()).sum(),
-                without=j["__rows"].isnull().sum(),
-            )).iloc[0]
+            if name == "transactions":
+                # Rows counted per customer and outer-joined to the customers (unique,
+                # checked) give the orphans and the customers without transactions in one
+                # pass; an anti-join each way would read the transactions twice.
+                per = t.group_by("customer_id").aggregate(__rows=t.count())
+                j = per.outer_join(known, "customer_id")
+                orphan = j["__known"].isnull()
+                counts = con.execute(j.aggregate(
+                    rows=_only_sum(orphan, j["__rows"]),
+                    customers=(orphan & j["__rows"].notnull()).sum(),
+                    without=j["__rows"].isnull().sum(),
+                )).iloc[0]
+            else:
+                orphans = t.anti_join(known, "customer_id")
+                counts = con.execute(
+                    orphans.aggregate(rows=orphans.count(), customers=orphans.customer_id.nunique())
+                ).iloc[0]
             rows = int(counts["rows"] or 0)
             if rows:
                 out.append(
@@ -443,8 +449,8 @@ def _cross_checks(con: Any, typed: dict[str, ir.Table], sources: dict[str, Table
                         count=rows, code="orphan",
                     )
                 )
-            n_without = int(counts["without"] or 0)
-            if name == "transactions" and n_without:
+            n_without = int(counts["without"] or 0) if name == "transactions" else 0
+            if n_without:
                 out.append(
                     Problem(
                         "warning", "customers",
