@@ -110,6 +110,25 @@ def test_sample_is_deterministic_and_skipped_when_everyone_fits(ds: Dataset) -> 
     assert training_sample(ds, never, cutoff, spec) is None
 
 
+def test_sample_features_take_passes_for_the_sample_not_the_data(ds: Dataset, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every pass reads all transactions: a sample is built in passes for its own share of them."""
+    import clvtier.features as features_mod
+
+    cutoff = resolve_cutoff(ds, CONFIG)
+    spec = learn_spec(ds.tables, ds.con)
+    sample = training_sample(ds, CONFIG, cutoff, spec)
+    assert sample is not None
+    rows = int(ds.summary["transactions"]["rows"])
+    monkeypatch.setattr(features_mod, "PASS_ROWS", -(-rows // 8))  # the whole data: eight passes
+    share = len(sample.customer_ids) / sample.population
+    assert sample.passes(ds) == max(1, -(-int(rows * share) // features_mod.PASS_ROWS)) < 8
+    one = build_features(ds, cutoff, spec, restrict_to=sample.table(), passes=1).frame
+    several = build_features(ds, cutoff, spec, restrict_to=sample.table(), passes=3).frame
+    # Sums over a join's output may add in another order: equal to the last bits.
+    pd.testing.assert_frame_equal(one, several, check_exact=False, rtol=1e-12)
+    assert one["customer_id"].tolist() == sample.customer_ids.tolist()
+
+
 def test_unsampled_run_records_the_population(ds: Dataset) -> None:
     cfg = TrainConfig(candidates=("logreg",), cv_folds=3, n_boot=20, backtests=0)
     info = train(ds, cfg).metrics["training_sample"]

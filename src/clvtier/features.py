@@ -433,7 +433,7 @@ def in_range(tables: Mapping[str, ir.Table], lo: str | None, hi: str | None) -> 
 
 
 def build_features(data: Any, cutoff: dt.date | str, spec: FeatureSpec | None = None,
-                   restrict_to: ir.Table | None = None) -> FeatureSet:
+                   restrict_to: ir.Table | None = None, passes: int | None = None) -> FeatureSet:
     """Features of every customer known at ``cutoff``, from events strictly before it.
 
     Parameters
@@ -446,6 +446,10 @@ def build_features(data: Any, cutoff: dt.date | str, spec: FeatureSpec | None = 
         Saved with a model; learned from ``data`` when omitted.
     restrict_to : Table, optional
         Only these customers (a ``customer_id`` column); see :func:`feature_expr`.
+    passes : int, optional
+        Ranges of customer ids to build the features in, one query each. Default: one
+        per :data:`PASS_ROWS` transactions of the data. A caller that restricts the
+        customers to a small share of them passes fewer: every pass reads all rows.
 
     Returns
     -------
@@ -461,7 +465,8 @@ def build_features(data: Any, cutoff: dt.date | str, spec: FeatureSpec | None = 
     cutoff = _as_date(cutoff)
     spec = spec or learn_spec(data.tables, data.con)
     parts = []
-    for lo, hi in pass_ranges(data):  # one pass unless the data are large (PASS_ROWS)
+    ranges = pass_ranges(data) if passes is None else id_ranges(data, passes)
+    for lo, hi in ranges:  # one pass unless the data are large (PASS_ROWS)
         expr, param = feature_expr(in_range(data.tables, lo, hi), spec, restrict_to=restrict_to)
         parts.append(data.con.execute(expr, params={param: cutoff}))
     frame = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)

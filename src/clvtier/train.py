@@ -8,6 +8,7 @@ training customers only (the test customers are never used to choose).
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -21,6 +22,7 @@ from sklearn.metrics import get_scorer
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from clvtier import clv
+from clvtier import features as features_module
 from clvtier.errors import InputError
 from clvtier.evaluate import (
     MajorityBaseline,
@@ -184,8 +186,11 @@ def _model_features(fs: FeatureSet, drop_undated: bool) -> list[str]:
 
 
 def _dataset(data: Any, cfg: TrainConfig, cutoff: dt.date, spec: FeatureSpec | None,
-             binner: TierBinner | None = None, restrict_to: Any = None) -> tuple[FeatureSet, pd.Series]:
-    fs = build_features(data, cutoff, spec, restrict_to=restrict_to)
+             binner: TierBinner | None = None, sample: TrainingSample | None = None) -> tuple[FeatureSet, pd.Series]:
+    if sample is None:
+        fs = build_features(data, cutoff, spec)
+    else:
+        fs = build_features(data, cutoff, spec, restrict_to=sample.table(), passes=sample.passes(data))
     customers = pd.Index(fs.frame["customer_id"])
     values = clv.values_for(customers, fs.frame, data, cfg.mode, cfg.target, cutoff, cfg.horizon_days)  # type: ignore[arg-type]
     return fs, values
@@ -230,11 +235,10 @@ def train(data: Any, config: TrainConfig | None = None, progress: Progress | Non
     spec = learn_spec(data.tables, data.con)
     # A fixed benchmark test set is small and must be kept whole: it is never sampled.
     sample = training_sample(data, cfg, cutoff, spec) if test_customers is None else None
-    restrict = sample.table() if sample is not None else None
     if sample is not None:
         say(f"Building features of a stratified sample of {len(sample.customer_ids):,} "
             f"of {sample.population:,} customers")
-    fs, values = _dataset(data, cfg, cutoff, spec, restrict_to=restrict)
+    fs, values = _dataset(data, cfg, cutoff, spec, sample=sample)
     feature_names = _model_features(fs, cfg.drop_undated)
     X = model_input(fs.frame, feature_names)
     ids = fs.frame["customer_id"].to_numpy()
@@ -319,7 +323,7 @@ def train(data: Any, config: TrainConfig | None = None, progress: Progress | Non
 
     say("Backtesting at earlier cutoffs")
     t3 = time.perf_counter()
-    backtest = (_backtest(data, cfg, cutoff, fs.spec, chosen, feature_names, restrict_to=restrict)
+    backtest = (_backtest(data, cfg, cutoff, fs.spec, chosen, feature_names, sample=sample)
                 if cfg.mode == "predictive" else [])
     timings["backtest"] = time.perf_counter() - t3
 
@@ -398,6 +402,16 @@ class TrainingSample:
         import pyarrow as pa
 
         return ibis.memtable(pa.table({"customer_id": pa.array(self.customer_ids, type=pa.string())}))
+
+    def passes(self, data: Any) -> int:
+        """Passes over ranges of ids for the sample's features: one per PASS_ROWS of its expected share of rows.
+
+        Every pass reads all the transactions, so a sample of a few percent of the
+        customers is built in one pass, not in as many as the whole data would need.
+        """
+        rows = int(data.summary.get("transactions", {}).get("rows") or 0)
+        share = len(self.customer_ids) / max(self.population, 1)
+        return max(1, math.ceil(rows * share / features_module.PASS_ROWS))
 
     def describe(self, seed: int) -> dict[str, Any]:
         return {
@@ -583,10 +597,10 @@ def _leakage_audit(undated: list[str], model: Any, X: pd.DataFrame, y: np.ndarra
 
 
 def _backtest(data: Any, cfg: TrainConfig, cutoff: dt.date, spec: FeatureSpec, chosen: str,
-              feature_names: list[str], restrict_to: Any = None) -> list[dict[str, Any]]:
+              feature_names: list[str], sample: TrainingSample | None = None) -> list[dict[str, Any]]:
     """Out of time: train at c - H (labels in [c - H, c)), test every customer at c (labels in [c, c + H)).
 
-    With a training sample (``restrict_to``), both cutoffs use the sampled customers only.
+    With a training sample, both cutoffs use the sampled customers only.
     """
     step = max(30, cfg.horizon_days // 4)
     rows: list[dict[str, Any]] = []
@@ -599,8 +613,8 @@ def _backtest(data: Any, cfg: TrainConfig, cutoff: dt.date, spec: FeatureSpec, c
         except InputError as exc:
             rows.append({"cutoff": test_cut.isoformat(), "skipped": exc.message})
             continue
-        fs_tr, v_tr = _dataset(data, cfg, train_cut, spec, restrict_to=restrict_to)
-        fs_te, v_te = _dataset(data, cfg, test_cut, spec, restrict_to=restrict_to)
+        fs_tr, v_tr = _dataset(data, cfg, train_cut, spec, sample=sample)
+        fs_te, v_te = _dataset(data, cfg, test_cut, spec, sample=sample)
         try:
             binner = TierBinner(method=cfg.tier_method, cuts=cfg.tier_cuts).fit(v_tr.to_numpy())  # type: ignore[arg-type]
         except InputError as exc:
