@@ -416,3 +416,18 @@ def test_row_order_and_events_after_the_cutoff_do_not_change_features(
         b["location"] = b["location"].str.replace("City b", "City ")
     pd.testing.assert_frame_equal(a, b)
     assert_invariants(frame)
+
+
+def test_horizon_spend_aligned_to_customers(tiny_dir: Path) -> None:
+    """Spend in [cutoff, cutoff + horizon), in the order asked for, 0 for those who bought nothing."""
+    from clvtier.clv import horizon_spend
+
+    ds = load(tiny_dir, as_of=TINY_AS_OF)
+    by_customer = horizon_spend(ds, TINY_CUTOFF, 60)
+    # 1: 999 on 2024-01-05; 5: 70 on the cutoff day itself; 4: 80 + 20 on 2024-02-05.
+    assert by_customer.sort_index().to_dict() == {"1": 999.0, "4": 100.0, "5": 70.0}
+    asked = pd.Index(["5", "3", "1", "4", "nobody", "2"])
+    aligned = horizon_spend(ds, TINY_CUTOFF, 60, asked)
+    assert aligned.index.equals(asked)
+    assert aligned.tolist() == [70.0, 0.0, 999.0, 100.0, 0.0, 0.0]
+    assert horizon_spend(ds, TINY_CUTOFF, 60, pd.Index([], dtype=object)).empty
