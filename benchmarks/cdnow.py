@@ -141,7 +141,7 @@ def make_protocol(ds: Dataset, cutoff: dt.date = CUTOFF, horizon_days: int = HOR
     fs = build_features(ds, cutoff)
     ids = fs.frame["customer_id"].astype(str).to_numpy()
     past = fs.frame["total_spend"].to_numpy(dtype="float64")
-    future = clv.horizon_spend(ds, cutoff, horizon_days).reindex(ids, fill_value=0.0).to_numpy(dtype="float64")
+    future = clv.horizon_spend(ds, cutoff, horizon_days, pd.Index(ids)).to_numpy(dtype="float64")
     total = past + future
     strata = np.char.add(TierBinner().fit(total).transform(total).astype(str), (future > 0).astype(str))
     tr, te = train_test_split(np.arange(len(ids)), test_size=test_size, random_state=seed, stratify=strata)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import tempfile
 from pathlib import Path
 
@@ -121,7 +122,7 @@ def test_sample_features_take_passes_for_the_sample_not_the_data(ds: Dataset, mo
     rows = int(ds.summary["transactions"]["rows"])
     monkeypatch.setattr(features_mod, "PASS_ROWS", -(-rows // 8))  # the whole data: eight passes
     share = len(sample.customer_ids) / sample.population
-    assert sample.passes(ds) == max(1, -(-int(rows * share) // features_mod.PASS_ROWS)) < 8
+    assert sample.passes(ds) == max(1, math.ceil(rows * share / features_mod.PASS_ROWS)) < 8
     one = build_features(ds, cutoff, spec, restrict_to=sample.table(), passes=1).frame
     several = build_features(ds, cutoff, spec, restrict_to=sample.table(), passes=3).frame
     # Sums over a join's output may add in another order: equal to the last bits.

@@ -16,6 +16,7 @@ import datetime as dt
 from typing import Any, Literal
 
 import ibis
+import numpy as np
 import pandas as pd
 
 from clvtier.errors import InputError
@@ -45,7 +46,6 @@ def horizon_spend(data: Any, start: dt.date, horizon_days: int, customers: pd.In
             index=frame["customer_id"].astype(str).to_numpy(),
             name="value",
         )
-    import numpy as np
     import pyarrow as pa
 
     keys = ibis.memtable(pa.table({

@@ -8,8 +8,6 @@ training customers only (the test customers are never used to choose).
 from __future__ import annotations
 
 import datetime as dt
-import math
-import os
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,7 +20,6 @@ from sklearn.metrics import get_scorer
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from clvtier import clv
-from clvtier import features as features_module
 from clvtier.errors import InputError
 from clvtier.evaluate import (
     MajorityBaseline,
@@ -30,7 +27,15 @@ from clvtier.evaluate import (
     classification_metrics,
     headline_with_ci,
 )
-from clvtier.features import BTYD_GROUP, FeatureSet, FeatureSpec, build_features, learn_spec, spend_summary_expr
+from clvtier.features import (
+    BTYD_GROUP,
+    FeatureSet,
+    FeatureSpec,
+    build_features,
+    learn_spec,
+    pass_count,
+    spend_summary_expr,
+)
 from clvtier.models import DEFAULT_CANDIDATES, candidate_pipelines, make_pipeline, model_input
 from clvtier.persist import frame_fingerprint
 from clvtier.target import TIERS, TierBinner
@@ -273,20 +278,17 @@ def train(data: Any, config: TrainConfig | None = None, progress: Progress | Non
     folds = list(StratifiedKFold(cfg.cv_folds, shuffle=True, random_state=cfg.seed).split(tr, y[tr]))
     # Each candidate's fold fits and its final fit on all the training customers are
     # independent: one batch, in parallel processes on large data (see _jobs).
-    tasks: list[tuple[str, int | None]] = [(name, k) for name in pipes for k in range(len(folds))]
-    tasks += [(name, None) for name in pipes]
-    X_tr = X.iloc[tr]
-    done = _fit_all([(pipes[name], X_tr, y[tr], None if k is None else folds[k]) for name, k in tasks],
+    tasks = [(name, fold) for name in pipes for fold in [*folds, None]]
+    done = _fit_all([(pipes[name], fold) for name, fold in tasks], X.iloc[tr], y[tr],
                     get_scorer(METRICS[cfg.metric]), _jobs(len(tr), len(tasks)))
     cv_rows = []
     fitted: dict[str, Any] = {}
     for name in pipes:
-        runs = [r for (n, k), r in zip(tasks, done, strict=True) if n == name and k is not None]
-        scores = [score for _model, score, _seconds in runs]
-        cv_rows.append({"model": name, "metric": cfg.metric, "mean": float(np.mean(scores)),
-                        "std": float(np.std(scores)), "folds": [float(s) for s in scores],
-                        "fit_seconds": float(np.mean([seconds for _m, _s, seconds in runs]))})
-        fitted[name] = next(r[0] for (n, k), r in zip(tasks, done, strict=True) if n == name and k is None)
+        runs = [r for (n, fold), r in zip(tasks, done, strict=True) if n == name and fold is not None]
+        cv_rows.append({"model": name, "metric": cfg.metric, "mean": float(np.mean([r[1] for r in runs])),
+                        "std": float(np.std([r[1] for r in runs])), "folds": [float(r[1]) for r in runs],
+                        "fit_seconds": float(np.mean([r[2] for r in runs]))})
+        fitted[name] = done[tasks.index((name, None))][0]
     cv = pd.DataFrame(cv_rows)
     chosen = str(cv.sort_values(["mean", "std"], ascending=[False, True], kind="stable").iloc[0]["model"])
     timings["cross_validation"] = time.perf_counter() - t1
@@ -316,10 +318,7 @@ def train(data: Any, config: TrainConfig | None = None, progress: Progress | Non
     examples = _examples(fitted[chosen], X.iloc[te], chosen_proba, ids[te], y[te], y_value[te], _reference(X.iloc[tr]))
 
     say("Leakage audit")
-    undated = [c for c in fs.undated if c in X.columns]
-    keep = [c for c in X.columns if c not in undated]
-    audit_model = clone(pipes[chosen]).fit(X.iloc[tr][keep], y[tr]) if undated else None
-    audit = _leakage_audit(undated, audit_model, X, y, y_value, te, cfg, test_metrics[chosen])
+    audit = _leakage_audit(fs, pipes[chosen], X, y, y_value, tr, te, cfg, test_metrics[chosen])
 
     say("Backtesting at earlier cutoffs")
     t3 = time.perf_counter()
@@ -410,8 +409,7 @@ class TrainingSample:
         customers is built in one pass, not in as many as the whole data would need.
         """
         rows = int(data.summary.get("transactions", {}).get("rows") or 0)
-        share = len(self.customer_ids) / max(self.population, 1)
-        return max(1, math.ceil(rows * share / features_module.PASS_ROWS))
+        return pass_count(rows * len(self.customer_ids) / max(self.population, 1))
 
     def describe(self, seed: int) -> dict[str, Any]:
         return {
@@ -474,21 +472,23 @@ def _jobs(n_rows: int, n_fits: int) -> int:
     """Processes for ``n_fits`` independent fits on ``n_rows`` customers (see :data:`PARALLEL_FIT_ROWS`)."""
     if n_rows < PARALLEL_FIT_ROWS:
         return 1
-    return max(1, min(n_fits, os.cpu_count() or 1))
+    from joblib import cpu_count
+
+    return max(1, min(n_fits, cpu_count()))
 
 
-def _fit_all(fits: list[tuple[Any, pd.DataFrame, np.ndarray, tuple[np.ndarray, np.ndarray] | None]],
+def _fit_all(fits: list[tuple[Any, tuple[np.ndarray, np.ndarray] | None]], X: pd.DataFrame, y: np.ndarray,
              scorer: Any, n_jobs: int) -> list[tuple[Any, float, float]]:
-    """(model, score, fit seconds) of each fit, in order, in ``n_jobs`` processes.
+    """(model, score, fit seconds) of each (pipeline, fold) on ``X``, ``y``, in order, in ``n_jobs`` processes.
 
     A fit with a fold (train rows, test rows) is fitted on the one and scored on the
     other, as ``cross_validate`` does; a fit without one is fitted on all rows (score NaN).
     """
     if n_jobs <= 1:
-        return [_fit_one(pipe, X, y, fold, scorer) for pipe, X, y, fold in fits]
+        return [_fit_one(pipe, X, y, fold, scorer) for pipe, fold in fits]
     from joblib import Parallel, delayed
 
-    return list(Parallel(n_jobs=n_jobs)(delayed(_fit_one)(pipe, X, y, fold, scorer) for pipe, X, y, fold in fits))
+    return list(Parallel(n_jobs=n_jobs)(delayed(_fit_one)(pipe, X, y, fold, scorer) for pipe, fold in fits))
 
 
 def _fit_one(pipe: Any, X: pd.DataFrame, y: np.ndarray, fold: tuple[np.ndarray, np.ndarray] | None,
@@ -575,9 +575,9 @@ def _baselines(fs: FeatureSet, X: pd.DataFrame, chosen_model: Any, tr: np.ndarra
     return out, scores
 
 
-def _leakage_audit(undated: list[str], model: Any, X: pd.DataFrame, y: np.ndarray, y_value: np.ndarray,
-                   te: np.ndarray, cfg: TrainConfig, with_all: dict[str, Any]) -> dict[str, Any]:
-    """The chosen model's test metrics with and without the undated features (``model``: fitted without them)."""
+def _leakage_audit(fs: FeatureSet, pipe: Any, X: pd.DataFrame, y: np.ndarray, y_value: np.ndarray,
+                   tr: np.ndarray, te: np.ndarray, cfg: TrainConfig, with_all: dict[str, Any]) -> dict[str, Any]:
+    undated = [c for c in fs.undated if c in X.columns]
     audit: dict[str, Any] = {"undated_features": undated, "mode": cfg.mode}
     if cfg.mode == "snapshot":
         audit["note"] = ("Snapshot mode: the label is computed from the same spend that the features "
@@ -586,6 +586,7 @@ def _leakage_audit(undated: list[str], model: Any, X: pd.DataFrame, y: np.ndarra
         audit["note"] = audit.get("note", "All features are time-bounded; nothing to audit.")
         return audit
     keep = [c for c in X.columns if c not in undated]
+    model = clone(pipe).fit(X.iloc[tr][keep], y[tr])
     proba = _ordered_proba(model, X.iloc[te][keep])
     without = classification_metrics(y[te], tiers_from_proba(proba), proba, y_value[te])
     keys = ("accuracy", "macro_f1", "high_recall", "high_precision", "revenue_capture_high", "roc_auc_high")
