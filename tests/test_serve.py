@@ -348,6 +348,17 @@ BAD_PAYLOADS = {
         {"as_of": "2024-01-01", "customers": [one(transactions=[{"date": "2023-02-30", "amount": 1}])]},
         ["body", "customers", 0, "transactions", 0, "date"],
     ),
+    "day-not-in-calendar": (
+        {"as_of": "2024-01-01", "customers": [one(), one(
+            profile={"join_date": "2023-04-31"}, transactions=[{"date": "2023-01-01", "amount": 1}],
+            offers=[{"date": "2023-01-01", "response": "No", "promotion_type": "Discount"},
+                    {"date": "2023-02-29", "response": "No", "promotion_type": "Discount"}])]},
+        ["body", "customers", 1, "offers", 1, "date"],
+    ),
+    "transaction-date-as-timestamp-text": (
+        {"as_of": "2024-01-01", "customers": [one(transactions=[{"date": "0", "amount": 1}])]},
+        ["body", "customers", 0, "transactions", 0, "date"],
+    ),
     "response-not-yes-no": (
         {"as_of": "2024-01-01",
          "customers": [one(offers=[{"date": "2023-01-01", "response": "Maybe", "promotion_type": "Discount"}])]},
@@ -424,6 +435,14 @@ def test_malformed_json_is_422(client: TestClient, content: bytes) -> None:
     r = client.post("/v1/score", content=content, headers={"Content-Type": "application/json"})
     assert r.status_code == 422
     assert_no_leak(r)
+
+
+def test_every_impossible_date_is_reported_with_its_path(client: TestClient) -> None:
+    payload, _ = BAD_PAYLOADS["day-not-in-calendar"]
+    r = client.post("/v1/score", json=payload)
+    assert r.status_code == 422, r.text
+    assert [issue["loc"] for issue in r.json()["detail"]] == [
+        ["body", "customers", 1, "profile", "join_date"], ["body", "customers", 1, "offers", 1, "date"]]
 
 
 def test_every_problem_reported_at_once(client: TestClient) -> None:
@@ -505,7 +524,7 @@ def test_batcher_merges_queued_requests_and_sheds_beyond_the_queue_limit() -> No
         def score(self, customers: list[Any], as_of: dt.date, with_reasons: bool) -> list[dict[str, Any]]:
             calls.append(len(customers))
             time.sleep(0.2)
-            return [{"customer_id": c.customer_id} for c in customers]
+            return [{"customer_id": c["customer_id"]} for c in customers]
 
     def customers(*ids: str) -> list[Any]:
         from clvtier.serve.schemas import Customer

@@ -36,6 +36,10 @@ ORIGINAL_FOUR = ("logreg", "knn", "random_forest", "naive_bayes")
 #: Every candidate :func:`make_pipeline` knows; ``hist_gb`` (class-weighted gradient boosting)
 #: is on request only: ``blend`` contains an unweighted one and beat it on CDNOW and the demo data.
 KNOWN_CANDIDATES = (*DEFAULT_CANDIDATES, "hist_gb")
+#: Histogram bins of the gradient-boosting models (scikit-learn's default is 255). With 63,
+#: the per-node histograms stay in cache: on 160,000 training customers of generated data
+#: a fit took 40 % less time, with the same held-out macro-F1 and AUC (see RESULTS.md).
+MAX_BINS = 63
 
 
 def signed_log1p(X):  # type: ignore[no-untyped-def]
@@ -50,7 +54,8 @@ def _blend(seed: int, metric: str) -> TierDecision:
         ("hist_gb", Pipeline([("prep", _preprocess(dense=True)),
                               ("model", HistGradientBoostingClassifier(
                                   learning_rate=0.1, max_iter=100, max_leaf_nodes=15, min_samples_leaf=40,
-                                  l2_regularization=1.0, early_stopping=False, random_state=seed))])),
+                                  l2_regularization=1.0, max_bins=MAX_BINS, early_stopping=False,
+                                  random_state=seed))])),
     ]
     # Two folds for the decision: as good as three on CDNOW, and a third cheaper to fit.
     return TierDecision(VotingClassifier(members, voting="soft"), metric=metric, cv=2, random_state=seed)
@@ -71,7 +76,7 @@ def _estimator(name: str, seed: int):  # type: ignore[no-untyped-def]
     if name == "hist_gb":
         return HistGradientBoostingClassifier(
             learning_rate=0.1, max_iter=120, max_leaf_nodes=15, min_samples_leaf=40,
-            l2_regularization=1.0, class_weight="balanced", early_stopping=False,
+            l2_regularization=1.0, max_bins=MAX_BINS, class_weight="balanced", early_stopping=False,
             random_state=seed,
         )
     raise InputError(

@@ -148,7 +148,7 @@ async def score(
         raise HTTPException(413, f"{len(body.customers):,} customers in one request; "
                                  f"the limit is {settings.max_customers:,}.")
     for i, c in enumerate(body.customers):
-        n = len(c.transactions) + len(c.offers)
+        n = len(c.get("transactions", ())) + len(c.get("offers", ()))
         if n > settings.max_records_per_customer:
             raise HTTPException(413, f"customers[{i}] has {n:,} transactions and offers; "
                                      f"the limit is {settings.max_records_per_customer:,} per customer.")

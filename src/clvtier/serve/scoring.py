@@ -111,53 +111,57 @@ def request_tables(customers: Sequence[Customer], tables: Sequence[str]) -> dict
 
     Customers are keyed by their position (``"0"``, ``"1"``, ...), not by their id:
     the features never depend on the key, and requests merged into one batch may
-    share customer ids.
+    share customer ids. Dates arrive as checked YYYY-MM-DD text and are cast in Arrow.
     """
     keys = [str(i) for i in range(len(customers))]
     out = {KNOWN_TABLE: _arrow({"customer_id": "string"}, {"customer_id": keys})}
-    tx = [(k, t) for k, c in zip(keys, customers, strict=True) for t in c.transactions]
+    tx = [(k, t) for k, c in zip(keys, customers, strict=True) for t in c.get("transactions", ())]
     out["transactions"] = _arrow(contract_schema("transactions"), {
-        "transaction_id": [t.id for _, t in tx],
+        "transaction_id": [t.get("id") for _, t in tx],
         "customer_id": [k for k, _ in tx],
-        "transaction_date": [t.date for _, t in tx],
-        "transaction_amount": [t.amount for _, t in tx],
-        "product_category": _text([t.category for _, t in tx]),
+        "transaction_date": [t["date"] for _, t in tx],
+        "transaction_amount": [t["amount"] for _, t in tx],
+        "product_category": _text([t.get("category") for _, t in tx]),
     })
     if "customers" in tables:
-        rows = [(k, c.profile) for k, c in zip(keys, customers, strict=True) if c.profile is not None]
+        rows = [(k, p) for k, c in zip(keys, customers, strict=True) if (p := c.get("profile")) is not None]
         out["customers"] = _arrow(contract_schema("customers"), {
             "customer_id": [k for k, _ in rows],
-            "join_date": [p.join_date for _, p in rows],
+            "join_date": [p.get("join_date") for _, p in rows],
             "last_purchase_date": [None] * len(rows),
-            "age": [p.age for _, p in rows],
-            "gender": _text([p.gender for _, p in rows]),
-            "location": _text([p.location for _, p in rows]),
+            "age": [p.get("age") for _, p in rows],
+            "gender": _text([p.get("gender") for _, p in rows]),
+            "location": _text([p.get("location") for _, p in rows]),
         })
     if "engagements" in tables:
-        eng = [(k, c.engagement) for k, c in zip(keys, customers, strict=True) if c.engagement is not None]
+        eng = [(k, e) for k, c in zip(keys, customers, strict=True) if (e := c.get("engagement")) is not None]
         out["engagements"] = _arrow(contract_schema("engagements"), {
             "customer_id": [k for k, _ in eng],
-            "number_of_site_visits": [e.site_visits for _, e in eng],
-            "number_of_emails_opened": [e.emails_opened for _, e in eng],
-            "number_of_clicks": [e.clicks for _, e in eng],
+            "number_of_site_visits": [e["site_visits"] for _, e in eng],
+            "number_of_emails_opened": [e["emails_opened"] for _, e in eng],
+            "number_of_clicks": [e["clicks"] for _, e in eng],
         })
     if "marketing" in tables:
-        offers = [(k, o) for k, c in zip(keys, customers, strict=True) for o in c.offers]
+        offers = [(k, o) for k, c in zip(keys, customers, strict=True) for o in c.get("offers", ())]
         out["marketing"] = _arrow(contract_schema("marketing"), {
-            "campaign_id": [o.id for _, o in offers],
+            "campaign_id": [o.get("id") for _, o in offers],
             "customer_id": [k for k, _ in offers],
-            "response": [o.response for _, o in offers],
-            "promotion_type": _text([o.promotion_type for _, o in offers]),
-            "campaign_date": [o.date for _, o in offers],
+            "response": [o["response"] for _, o in offers],
+            "promotion_type": _text([o["promotion_type"] for _, o in offers]),
+            "campaign_date": [o["date"] for _, o in offers],
         })
     return out
 
 
 def _arrow(schema: dict[str, str], columns: dict[str, Any]) -> pa.Table:
-    return pa.table({
-        name: col if isinstance(col := columns[name], pa.Array) else pa.array(col, _ARROW_TYPES[kind])
-        for name, kind in schema.items()
-    })
+    def array(values: Any, kind: str) -> pa.Array:
+        if isinstance(values, pa.Array):
+            return values
+        if kind == "date":  # YYYY-MM-DD text, checked by the request schema
+            return pa.array(values, pa.string()).cast(pa.date32())
+        return pa.array(values, _ARROW_TYPES[kind])
+
+    return pa.table({name: array(columns[name], kind) for name, kind in schema.items()})
 
 
 class Scorer:
@@ -232,6 +236,6 @@ class Scorer:
                         why.append({"feature": name, "effect": effect})
         for row, tier, p, ok, why in zip(rows, tiers, proba.tolist(), finite.tolist(), reasons, strict=True):
             if ok:
-                out[row] = {"customer_id": customers[row].customer_id, "tier": tier,
+                out[row] = {"customer_id": customers[row]["customer_id"], "tier": tier,
                             "probabilities": {"Low": p[0], "Medium": p[1], "High": p[2]}, "reasons": why}
         return out
