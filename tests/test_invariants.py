@@ -245,12 +245,19 @@ main()
 """
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_until_writing(args: list[str], tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path]:
     """Start ``clvtier ARGS`` in a subprocess whose CSV writer stops half-way; wait until it is writing."""
     marker = tmp_path / "writing"
     proc = subprocess.Popen(
         [sys.executable, "-c", SLOW_WRITER, str(marker), *args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "CLVTIER_PROGRESS": "0"},
+        # A test run started in the background inherits an ignored SIGINT, and Python then
+        # installs no Ctrl-C handler: give the child the default, as a terminal would.
+        preexec_fn=_default_sigint if sys.platform != "win32" else None,
     )
     deadline = time.monotonic() + 120
     while not marker.exists():
