@@ -445,6 +445,15 @@ def test_every_impossible_date_is_reported_with_its_path(client: TestClient) -> 
         ["body", "customers", 1, "profile", "join_date"], ["body", "customers", 1, "offers", 1, "date"]]
 
 
+def test_impossible_dates_are_reported_with_the_other_problems(client: TestClient) -> None:
+    r = post(client, [one(transactions=[{"date": "2024-02-30", "amount": "12"}]),
+                      one(profile={"join_date": "2023-06-31"}, offers="none")])
+    assert r.status_code == 422, r.text
+    assert sorted(map(str, (issue["loc"] for issue in r.json()["detail"]))) == sorted(map(str, [
+        ["body", "customers", 0, "transactions", 0, "amount"], ["body", "customers", 1, "offers"],
+        ["body", "customers", 0, "transactions", 0, "date"], ["body", "customers", 1, "profile", "join_date"]]))
+
+
 def test_every_problem_reported_at_once(client: TestClient) -> None:
     r = post(client, [one(transactions=[{"date": "x", "amount": "y"}], offers=[{"date": "2023-01-01"}])])
     locs = [tuple(i["loc"]) for i in r.json()["detail"]]

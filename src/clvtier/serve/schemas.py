@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Iterable, Iterator
 from typing import Annotated, Any, Literal, NotRequired
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, with_config
@@ -63,7 +64,8 @@ _STRICT = ConfigDict(extra="forbid")
 
 #: A record's date as it travels: YYYY-MM-DD text from 1900 to 2199, checked against the
 #: pattern by pydantic-core; :func:`parse_score_request` then checks that each is a day of
-#: the calendar (not 2023-02-30) in one Arrow cast per request. Records are plain dicts
+#: the calendar (not 2023-02-30) in one Arrow cast per request, and reports those that are
+#: not with the other problems. Records are plain dicts
 #: (``TypedDict``): a request of 1,000 customers holds tens of thousands of them, and
 #: model instances and a Python validator per date cost several times the JSON parsing.
 DateText = Annotated[str, Field(strict=True, pattern=DATE_PATTERN), WithJsonSchema(
@@ -268,26 +270,27 @@ def parse_score_request(raw: bytes) -> ScoreRequest:
         Listing every problem with its path from ``body``, as FastAPI reports them.
     """
     from fastapi.exceptions import RequestValidationError
+    from pydantic_core import from_json
 
     try:
         request = ScoreRequest.model_validate_json(raw)
     except ValidationError as exc:
-        raise RequestValidationError([
+        problems = [
             {"loc": ("body", *e["loc"]), "msg": e["msg"], "type": e["type"]}
             for e in exc.errors(include_url=False, include_input=False, include_context=False)
-        ]) from None
-    bad = _impossible_dates(request.customers)
-    if bad:
-        raise RequestValidationError([
-            {"loc": ("body", "customers", *loc), "msg": f"Value error, {value} is not a day of the calendar",
-             "type": "value_error"}
-            for loc, value in bad
-        ])
-    return request
+        ]
+        try:  # impossible days too, so that one answer lists every problem
+            customers = from_json(raw).get("customers")
+        except (ValueError, AttributeError):
+            customers = None
+        raise RequestValidationError(problems + _date_problems(_impossible(_dated(customers)))) from None
+    if _valid_days(record_dates(request.customers)):
+        return request
+    raise RequestValidationError(_date_problems(_impossible(_dated(request.customers))))
 
 
 def record_dates(customers: list[Customer]) -> list[str | None]:
-    """Every date of the records, in the order :func:`_date_locations` gives their paths."""
+    """Every date of the validated records (a profile without ``join_date`` gives None)."""
     out: list[str | None] = []
     for c in customers:
         profile = c.get("profile")
@@ -297,30 +300,45 @@ def record_dates(customers: list[Customer]) -> list[str | None]:
     return out
 
 
-def _date_locations(customers: list[Customer]) -> list[tuple[Any, ...]]:
-    out: list[tuple[Any, ...]] = []
-    for i, c in enumerate(customers):
-        out.append((i, "profile", "join_date"))
-        out.extend((i, "transactions", j, "date") for j in range(len(c.get("transactions", ()))))
-        out.extend((i, "offers", j, "date") for j in range(len(c.get("offers", ()))))
-    return out
-
-
-def _impossible_dates(customers: list[Customer]) -> list[tuple[tuple[Any, ...], str]]:
-    """(path, value) of each date that matches the pattern but is no day (2023-02-30); one cast when none is."""
+def _valid_days(dates: list[str | None]) -> bool:
+    """Whether every YYYY-MM-DD text is a day of the calendar: one Arrow cast for the whole request."""
     import pyarrow as pa
 
-    dates = record_dates(customers)
     try:
         pa.array(dates, pa.string()).cast(pa.date32())
-        return []
     except pa.ArrowInvalid:
-        pass
+        return False
+    return True
+
+
+def _dated(customers: Any) -> Iterator[tuple[tuple[Any, ...], Any]]:
+    """(path, value) of every record date, from validated customers or the raw JSON of any shape."""
+    if not isinstance(customers, list):
+        return
+    for i, c in enumerate(customers):
+        if not isinstance(c, dict):
+            continue
+        if isinstance(profile := c.get("profile"), dict):
+            yield (i, "profile", "join_date"), profile.get("join_date")
+        for kind in ("transactions", "offers"):
+            if isinstance(records := c.get(kind), list):
+                for j, record in enumerate(records):
+                    if isinstance(record, dict):
+                        yield (i, kind, j, "date"), record.get("date")
+
+
+def _impossible(dated: Iterable[tuple[tuple[Any, ...], Any]]) -> list[tuple[tuple[Any, ...], str]]:
+    """The dates written YYYY-MM-DD (1900-2199) that are no day of the calendar, such as 2023-02-30."""
     bad = []
-    for loc, value in zip(_date_locations(customers), dates, strict=True):
-        if value is not None:
+    for loc, value in dated:
+        if isinstance(value, str) and _DATE_RE.match(value):
             try:
                 dt.date.fromisoformat(value)
             except ValueError:
                 bad.append((loc, value))
     return bad
+
+
+def _date_problems(bad: list[tuple[tuple[Any, ...], str]]) -> list[dict[str, Any]]:
+    return [{"loc": ("body", "customers", *loc), "msg": f"Value error, {value} is not a day of the calendar",
+             "type": "value_error"} for loc, value in bad]
