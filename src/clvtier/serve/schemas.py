@@ -1,4 +1,4 @@
-"""The request and response bodies of the scoring service (pydantic models, with OpenAPI examples).
+"""The request and response bodies of the scoring service (pydantic types, with OpenAPI examples).
 
 A scoring request carries each customer's raw records in the shape of the data
 contract (:mod:`clvtier.schema`): profile (customers), transactions, engagement
@@ -63,11 +63,11 @@ Amount = Annotated[float, Field(strict=True, ge=-1e9, le=1e9, allow_inf_nan=Fals
 _STRICT = ConfigDict(extra="forbid")
 
 #: A record's date as it travels: YYYY-MM-DD text from 1900 to 2199, checked against the
-#: pattern by pydantic-core; :func:`parse_score_request` then checks that each is a day of
+#: pattern by pydantic-core. :func:`parse_score_request` then checks that each is a day of
 #: the calendar (not 2023-02-30) in one Arrow cast per request, and reports those that are
-#: not with the other problems. Records are plain dicts
-#: (``TypedDict``): a request of 1,000 customers holds tens of thousands of them, and
-#: model instances and a Python validator per date cost several times the JSON parsing.
+#: not with the other problems. The records themselves are plain dicts (``TypedDict``): a
+#: request of 1,000 customers holds tens of thousands of them, and model instances and a
+#: Python validator per date cost several times the JSON parsing.
 DateText = Annotated[str, Field(strict=True, pattern=DATE_PATTERN), WithJsonSchema(
     {"type": "string", "format": "date", "pattern": DATE_PATTERN})]
 
