@@ -187,6 +187,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="server processes (default: one per core)")
+    parser.add_argument("--max-concurrency", type=int,
+                        help="scoring calls at a time in each server process (CLVTIER_MAX_CONCURRENCY; "
+                             "default: the service's)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="clvtier-bench-") as tmp:
@@ -197,7 +200,8 @@ def main() -> None:
         port = free_port()
         log = work / "server.log"
         try:
-            proc = start_server(run_dir, port, log, ["--workers", str(args.workers)])
+            limits = {} if args.max_concurrency is None else {"CLVTIER_MAX_CONCURRENCY": str(args.max_concurrency)}
+            proc = start_server(run_dir, port, log, ["--workers", str(args.workers)], env=limits)
         except RuntimeError as exc:
             raise SystemExit(str(exc)) from None
         model = json.loads((run_dir / "metadata.json").read_text()).get("chosen_model")
@@ -207,7 +211,8 @@ def main() -> None:
         finally:
             proc.send_signal(signal.SIGTERM)
             code = proc.wait(60)
-        print(f"model {model}; {args.workers} server worker(s); load average {load_before:.1f} before the "
+        each = "" if args.max_concurrency is None else f", {args.max_concurrency} scoring call(s) at a time in each"
+        print(f"model {model}; {args.workers} server worker(s){each}; load average {load_before:.1f} before the "
               f"load, {os.getloadavg()[0]:.1f} after, on {os.cpu_count()} CPUs")
         s, plain, explained = result["single"], result["batch_no_reasons"], result["batch_reasons"]
         for label, x in (("reasons=true", s), ("reasons=false", result["single_no_reasons"])):
