@@ -397,12 +397,16 @@ def id_ranges(data: Any, passes: int) -> list[tuple[str | None, str | None]]:
     if passes <= 1:
         return [(None, None)]
     tx = data.tables["transactions"]
-    rows = max(1, int(data.summary.get("transactions", {}).get("rows") or 1))
-    ids = tx.select("customer_id").sample(min(1.0, 200_000 / rows), seed=0)
+    ids = tx.select("customer_id").sample(min(1.0, 200_000 / max(1, transaction_rows(data))), seed=0)
     sample = sorted(set(data.con.execute(ids)["customer_id"].dropna().astype(str)))
     cuts = sorted({sample[len(sample) * k // passes] for k in range(1, passes)} - {sample[0]}) if sample else []
     bounds: list[str | None] = [None, *cuts, None]
     return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+
+def transaction_rows(data: Any) -> int:
+    """Transactions in ``data``, as validation counted them (0 when unknown)."""
+    return int(data.summary.get("transactions", {}).get("rows") or 0)
 
 
 def pass_count(rows: float) -> int:
@@ -412,7 +416,7 @@ def pass_count(rows: float) -> int:
 
 def pass_ranges(data: Any) -> list[tuple[str | None, str | None]]:
     """The id ranges to build ``data``'s features in: one per :data:`PASS_ROWS` transactions."""
-    return id_ranges(data, pass_count(int(data.summary.get("transactions", {}).get("rows") or 0)))
+    return id_ranges(data, pass_count(transaction_rows(data)))
 
 
 def in_range(tables: Mapping[str, ir.Table], lo: str | None, hi: str | None) -> dict[str, ir.Table]:

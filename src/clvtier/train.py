@@ -35,6 +35,7 @@ from clvtier.features import (
     learn_spec,
     pass_count,
     spend_summary_expr,
+    transaction_rows,
 )
 from clvtier.models import DEFAULT_CANDIDATES, candidate_pipelines, make_pipeline, model_input
 from clvtier.persist import frame_fingerprint
@@ -408,8 +409,7 @@ class TrainingSample:
         Every pass reads all the transactions, so a sample of a few percent of the
         customers is built in one pass, not in as many as the whole data would need.
         """
-        rows = int(data.summary.get("transactions", {}).get("rows") or 0)
-        return pass_count(rows * len(self.customer_ids) / max(self.population, 1))
+        return pass_count(transaction_rows(data) * len(self.customer_ids) / max(self.population, 1))
 
     def describe(self, seed: int) -> dict[str, Any]:
         return {

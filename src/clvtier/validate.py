@@ -410,56 +410,60 @@ class _TableCheck:
 
 def _cross_checks(con: Any, typed: dict[str, ir.Table], sources: dict[str, TableSource]) -> list[Problem]:
     out: list[Problem] = []
-    tx = typed.get("transactions")
     cust = typed.get("customers")
-    if tx is None:
+    if typed.get("transactions") is None or cust is None:
         return out
-    if cust is not None:
-        known = cust.select("customer_id", __known=ibis.literal(True))
-        for name in ("transactions", "marketing", "engagements"):
-            t = typed.get(name)
-            if t is None:
-                continue
-            if name == "transactions":
-                # Rows counted per customer and outer-joined to the customers (unique,
-                # checked) give the orphans and the customers without transactions in one
-                # pass; an anti-join each way would read the transactions twice.
-                per = t.group_by("customer_id").aggregate(__rows=t.count())
-                j = per.outer_join(known, "customer_id")
-                orphan = j["__known"].isnull()
-                counts = con.execute(j.aggregate(
-                    rows=_only_sum(orphan, j["__rows"]),
-                    customers=(orphan & j["__rows"].notnull()).sum(),
-                    without=j["__rows"].isnull().sum(),
-                )).iloc[0]
-            else:
-                orphans = t.anti_join(known, "customer_id")
-                counts = con.execute(
-                    orphans.aggregate(rows=orphans.count(), customers=orphans.customer_id.nunique())
-                ).iloc[0]
-            rows = int(counts["rows"] or 0)
-            if rows:
-                out.append(
-                    Problem(
-                        "warning", name,
-                        f"{rows:,} row(s) of {int(counts['customers']):,} customer(s) "
-                        "whose customer_id is not in customers; kept (known from their own rows)",
-                        "Add those customers to the customers table to get their profile features.",
-                        file=str(sources[name].path), column="customer_id",
-                        count=rows, code="orphan",
-                    )
+    known = cust.select("customer_id", __known=ibis.literal(True))
+    for name in ("transactions", "marketing", "engagements"):
+        t = typed.get(name)
+        if t is None:
+            continue
+        counts = _transaction_counts(con, t, known) if name == "transactions" else _orphan_counts(con, t, known)
+        rows = int(counts["rows"] or 0)
+        if rows:
+            out.append(
+                Problem(
+                    "warning", name,
+                    f"{rows:,} row(s) of {int(counts['customers']):,} customer(s) "
+                    "whose customer_id is not in customers; kept (known from their own rows)",
+                    "Add those customers to the customers table to get their profile features.",
+                    file=str(sources[name].path), column="customer_id",
+                    count=rows, code="orphan",
                 )
-            n_without = int(counts["without"] or 0) if name == "transactions" else 0
-            if n_without:
-                out.append(
-                    Problem(
-                        "warning", "customers",
-                        f"{n_without:,} customer(s) have no transactions; they get zero spend features",
-                        "Nothing to do if they never bought.", file=str(sources["customers"].path),
-                        column="customer_id", count=n_without, code="no_transactions",
-                    )
+            )
+        n_without = int(counts.get("without") or 0)
+        if n_without:
+            out.append(
+                Problem(
+                    "warning", "customers",
+                    f"{n_without:,} customer(s) have no transactions; they get zero spend features",
+                    "Nothing to do if they never bought.", file=str(sources["customers"].path),
+                    column="customer_id", count=n_without, code="no_transactions",
                 )
+            )
     return out
+
+
+def _orphan_counts(con: Any, t: ir.Table, known: ir.Table) -> Any:
+    """Rows of ``t`` whose customer is not ``known``, and how many customers they hold."""
+    orphans = t.anti_join(known, "customer_id")
+    return con.execute(orphans.aggregate(rows=orphans.count(), customers=orphans.customer_id.nunique())).iloc[0]
+
+
+def _transaction_counts(con: Any, tx: ir.Table, known: ir.Table) -> Any:
+    """The orphan counts of the transactions, and the known customers ``without`` any, in one pass.
+
+    Rows counted per customer and outer-joined to the customers (unique, checked) give
+    both; an anti-join each way would read the transactions twice.
+    """
+    per = tx.group_by("customer_id").aggregate(__rows=tx.count())
+    j = per.outer_join(known, "customer_id")
+    orphan = j["__known"].isnull()
+    return con.execute(j.aggregate(
+        rows=ibis.ifelse(orphan, j["__rows"], 0).sum(),
+        customers=(orphan & j["__rows"].notnull()).sum(),
+        without=j["__rows"].isnull().sum(),
+    )).iloc[0]
 
 
 # -- conversion helpers -------------------------------------------------------
@@ -489,11 +493,6 @@ def _strip(s: ir.StringValue) -> ir.StringValue:
     converted in each query); dates and numbers in text files are parsed once.
     """
     return ibis.ifelse(_padded(s), s.strip(), s)
-
-
-def _only_sum(condition: ir.BooleanValue, value: ir.Value) -> ir.Scalar:
-    """Sum of ``value`` where ``condition`` holds (0 when it never does)."""
-    return ibis.ifelse(condition, value, 0).sum()
 
 
 def _padded(s: ir.StringValue) -> ir.BooleanValue:

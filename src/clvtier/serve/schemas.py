@@ -284,23 +284,13 @@ def parse_score_request(raw: bytes) -> ScoreRequest:
         except (ValueError, AttributeError):
             customers = None
         raise RequestValidationError(problems + _date_problems(_impossible(_dated(customers)))) from None
-    if _valid_days(record_dates(request.customers)):
+    dated = list(_dated(request.customers))
+    if _valid_days([value for _, value in dated]):
         return request
-    raise RequestValidationError(_date_problems(_impossible(_dated(request.customers))))
+    raise RequestValidationError(_date_problems(_impossible(dated)))
 
 
-def record_dates(customers: list[Customer]) -> list[str | None]:
-    """Every date of the validated records (a profile without ``join_date`` gives None)."""
-    out: list[str | None] = []
-    for c in customers:
-        profile = c.get("profile")
-        out.append(None if profile is None else profile.get("join_date"))
-        out.extend(t["date"] for t in c.get("transactions", ()))
-        out.extend(o["date"] for o in c.get("offers", ()))
-    return out
-
-
-def _valid_days(dates: list[str | None]) -> bool:
+def _valid_days(dates: list[Any]) -> bool:
     """Whether every YYYY-MM-DD text is a day of the calendar: one Arrow cast for the whole request."""
     import pyarrow as pa
 
