@@ -631,3 +631,30 @@ def test_embedded_application_leaves_the_collector_alone(client: TestClient) -> 
 
     assert gc.get_freeze_count() == 0
     assert gc.get_threshold()[0] < GC_THRESHOLD
+
+
+def test_request_tables_keep_every_record_and_no_more() -> None:
+    from clvtier.serve.scoring import KNOWN_TABLE, request_tables
+
+    customers: list[Any] = [
+        {"customer_id": "a", "profile": {}, "transactions": [
+            {"date": "2023-01-02", "amount": 5, "category": "  Toys "},
+            {"date": "2023-01-03", "amount": -1.5, "category": " ", "id": "T9"}]},
+        {"customer_id": "b", "profile": None, "engagement": {"site_visits": 3, "emails_opened": 2, "clicks": 1}},
+        {"customer_id": "c", "profile": {"join_date": "2022-05-01", "age": 40, "gender": "F"},
+         "transactions": [], "offers": [{"date": "2023-02-01", "response": "No", "promotion_type": "Discount"}]},
+    ]
+    t = {k: v.to_pydict() for k, v in request_tables(
+        customers, ("transactions", "customers", "engagements", "marketing")).items()}
+    assert t[KNOWN_TABLE] == {"customer_id": ["0", "1", "2"]}
+    assert t["transactions"] == {
+        "transaction_id": [None, "T9"], "customer_id": ["0", "0"],
+        "transaction_date": [dt.date(2023, 1, 2), dt.date(2023, 1, 3)],
+        "transaction_amount": [5.0, -1.5], "product_category": ["Toys", None]}
+    assert t["customers"] == {
+        "customer_id": ["0", "2"], "join_date": [None, dt.date(2022, 5, 1)], "last_purchase_date": [None, None],
+        "age": [None, 40.0], "gender": [None, "F"], "location": [None, None]}
+    assert t["engagements"] == {"customer_id": ["1"], "number_of_site_visits": [3.0],
+                                "number_of_emails_opened": [2.0], "number_of_clicks": [1.0]}
+    assert t["marketing"] == {"campaign_id": [None], "customer_id": ["2"], "response": ["No"],
+                              "promotion_type": ["Discount"], "campaign_date": [dt.date(2023, 2, 1)]}

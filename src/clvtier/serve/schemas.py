@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Annotated, Any, Literal, NotRequired
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, with_config
 from typing_extensions import TypedDict  # pydantic needs this one below Python 3.12
 
@@ -284,18 +286,38 @@ def parse_score_request(raw: bytes) -> ScoreRequest:
         except (ValueError, AttributeError):
             customers = None
         raise RequestValidationError(problems + _date_problems(_impossible(_dated(customers)))) from None
-    dated = list(_dated(request.customers))
-    if _valid_days([value for _, value in dated]):
+    if _valid_days(request.customers):
         return request
-    raise RequestValidationError(_date_problems(_impossible(dated)))
+    raise RequestValidationError(_date_problems(_impossible(_dated(request.customers))))
 
 
-def _valid_days(dates: list[Any]) -> bool:
-    """Whether every YYYY-MM-DD text is a day of the calendar: one Arrow cast for the whole request."""
-    import pyarrow as pa
+def record_rows(customers: Sequence[Customer], field: str, many: bool,
+                record: pa.StructType) -> tuple[pa.StructArray, pa.Array]:
+    """The records in ``field`` of every customer as one Arrow array, and each record's customer position.
 
+    ``many``: the field holds a list of records (transactions, offers), else one record
+    or none (profile, engagement). Arrow converts the checked dicts, reading only the
+    keys of ``record``; no Python loop walks the records.
+    """
+    values = [c.get(field) for c in customers]
+    if many:
+        lists = pa.array([v or () for v in values], pa.list_(record))
+        return lists.flatten(), pc.list_parent_indices(lists)
+    present = pa.array(values, record)
+    return present.drop_null(), pc.indices_nonzero(present.is_valid())
+
+
+def _valid_days(customers: Sequence[Customer]) -> bool:
+    """Whether every record date (checked YYYY-MM-DD text) is a day of the calendar.
+
+    One Arrow cast per kind of record; only a request that fails is walked in Python,
+    for the paths of its impossible dates.
+    """
     try:
-        pa.array(dates, pa.string()).cast(pa.date32())
+        for field, many, key in (("transactions", True, "date"), ("offers", True, "date"),
+                                 ("profile", False, "join_date")):
+            rows, _ = record_rows(customers, field, many, pa.struct([(key, pa.string())]))
+            rows.field(key).cast(pa.date32())
     except pa.ArrowInvalid:
         return False
     return True

@@ -29,7 +29,7 @@ from clvtier.errors import ModelError
 from clvtier.features import FeatureSpec, feature_expr
 from clvtier.predict import N_REASONS, Model, score_frame
 from clvtier.schema import TABLES
-from clvtier.serve.schemas import Customer
+from clvtier.serve.schemas import Customer, record_rows
 
 #: The table of the request's customers: every one of them is scored.
 KNOWN_TABLE = "request_customers"
@@ -100,10 +100,23 @@ def _compile_with_parameter(expr: Any, param: Any) -> str:
     return sql
 
 
-def _text(values: list[str | None]) -> pa.Array:
-    """Text as validation types it: stripped of ASCII whitespace; blank is missing."""
-    trimmed = pc.utf8_trim(pa.array(values, pa.string()), characters=string.whitespace)
-    return pc.if_else(pc.equal(trimmed, ""), pa.scalar(None, pa.string()), trimmed)
+#: Where each contract table's rows are in a request's customer: the field, whether it
+#: holds a list of records (or one record), and the record key of each contract column
+#: (``None``: never sent; ``customer_id`` is the customer's position).
+_SOURCES: dict[str, tuple[str, bool, dict[str, str | None]]] = {
+    "transactions": ("transactions", True, {
+        "transaction_id": "id", "transaction_date": "date", "transaction_amount": "amount",
+        "product_category": "category"}),
+    "customers": ("profile", False, {
+        "join_date": "join_date", "last_purchase_date": None, "age": "age", "gender": "gender",
+        "location": "location"}),
+    "engagements": ("engagement", False, {
+        "number_of_site_visits": "site_visits", "number_of_emails_opened": "emails_opened",
+        "number_of_clicks": "clicks"}),
+    "marketing": ("offers", True, {
+        "campaign_id": "id", "response": "response", "promotion_type": "promotion_type",
+        "campaign_date": "date"}),
+}
 
 
 def request_tables(customers: Sequence[Customer], tables: Sequence[str]) -> dict[str, pa.Table]:
@@ -111,57 +124,36 @@ def request_tables(customers: Sequence[Customer], tables: Sequence[str]) -> dict
 
     Customers are keyed by their position (``"0"``, ``"1"``, ...), not by their id:
     the features never depend on the key, and requests merged into one batch may
-    share customer ids. Dates arrive as checked YYYY-MM-DD text and are cast in Arrow.
+    share customer ids. The records (checked dicts) are converted by Arrow, not
+    walked in Python; dates arrive as checked YYYY-MM-DD text and are cast there.
     """
-    keys = [str(i) for i in range(len(customers))]
-    out = {KNOWN_TABLE: _arrow({"customer_id": "string"}, {"customer_id": keys})}
-    tx = [(k, t) for k, c in zip(keys, customers, strict=True) for t in c.get("transactions", ())]
-    out["transactions"] = _arrow(contract_schema("transactions"), {
-        "transaction_id": [t.get("id") for _, t in tx],
-        "customer_id": [k for k, _ in tx],
-        "transaction_date": [t["date"] for _, t in tx],
-        "transaction_amount": [t["amount"] for _, t in tx],
-        "product_category": _text([t.get("category") for _, t in tx]),
-    })
-    if "customers" in tables:
-        rows = [(k, p) for k, c in zip(keys, customers, strict=True) if (p := c.get("profile")) is not None]
-        out["customers"] = _arrow(contract_schema("customers"), {
-            "customer_id": [k for k, _ in rows],
-            "join_date": [p.get("join_date") for _, p in rows],
-            "last_purchase_date": [None] * len(rows),
-            "age": [p.get("age") for _, p in rows],
-            "gender": _text([p.get("gender") for _, p in rows]),
-            "location": _text([p.get("location") for _, p in rows]),
-        })
-    if "engagements" in tables:
-        eng = [(k, e) for k, c in zip(keys, customers, strict=True) if (e := c.get("engagement")) is not None]
-        out["engagements"] = _arrow(contract_schema("engagements"), {
-            "customer_id": [k for k, _ in eng],
-            "number_of_site_visits": [e["site_visits"] for _, e in eng],
-            "number_of_emails_opened": [e["emails_opened"] for _, e in eng],
-            "number_of_clicks": [e["clicks"] for _, e in eng],
-        })
-    if "marketing" in tables:
-        offers = [(k, o) for k, c in zip(keys, customers, strict=True) for o in c.get("offers", ())]
-        out["marketing"] = _arrow(contract_schema("marketing"), {
-            "campaign_id": [o.get("id") for _, o in offers],
-            "customer_id": [k for k, _ in offers],
-            "response": [o["response"] for _, o in offers],
-            "promotion_type": _text([o["promotion_type"] for _, o in offers]),
-            "campaign_date": [o["date"] for _, o in offers],
-        })
+    positions = pa.array(range(len(customers)), pa.int64())
+    out = {KNOWN_TABLE: pa.table({"customer_id": positions.cast(pa.string())})}
+    for name in tables:
+        field, many, sources = _SOURCES[name]
+        schema = contract_schema(name)
+        record = pa.struct([(key, pa.string() if schema[col] == "date" else _ARROW_TYPES[schema[col]])
+                            for col, key in sources.items() if key is not None])
+        rows, owner = record_rows(customers, field, many, record)
+        columns = {"customer_id": owner.cast(pa.string())}
+        for col, key in sources.items():
+            kind = TABLES[name].column(col).kind
+            if key is None:
+                columns[col] = pa.nulls(len(rows), _ARROW_TYPES[schema[col]])
+            elif kind == "date":
+                columns[col] = rows.field(key).cast(pa.date32())
+            elif kind == "text":
+                columns[col] = _text(rows.field(key))
+            else:
+                columns[col] = rows.field(key)
+        out[name] = pa.table({col: columns[col] for col in schema})
     return out
 
 
-def _arrow(schema: dict[str, str], columns: dict[str, Any]) -> pa.Table:
-    def array(values: Any, kind: str) -> pa.Array:
-        if isinstance(values, pa.Array):
-            return values
-        if kind == "date":  # YYYY-MM-DD text, checked by the request schema
-            return pa.array(values, pa.string()).cast(pa.date32())
-        return pa.array(values, _ARROW_TYPES[kind])
-
-    return pa.table({name: array(columns[name], kind) for name, kind in schema.items()})
+def _text(values: pa.Array) -> pa.Array:
+    """Text as validation types it: stripped of ASCII whitespace; blank is missing."""
+    trimmed = pc.utf8_trim(values, characters=string.whitespace)
+    return pc.if_else(pc.equal(trimmed, ""), pa.scalar(None, pa.string()), trimmed)
 
 
 class Scorer:
