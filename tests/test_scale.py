@@ -285,7 +285,10 @@ def test_cli_predict_streams_and_counts(model: Model, data_dir: Path, sampled: T
     assert res.exit_code == 0, res.output
     scores = pd.read_parquet(out)
     assert not scores["customer_id"].duplicated().any()
-    assert f"Scored {len(scores):,} customers (known at the as-of date: {len(scores):,}; in = out)" in res.output
+    from clvtier.validate import load as load_data
+
+    day_after = load_data(data_dir).last_date + dt.timedelta(days=1)
+    assert f"Scored {len(scores):,} customers as of {day_after} (known then: {len(scores):,}; in = out)" in res.output
     assert "customers/s" in res.output and "Peak memory" in res.output
 
 

@@ -256,3 +256,38 @@ def test_engine_out_of_memory_is_a_clear_error(data_dir: Path, tmp_path: Path) -
     assert "ran out of memory" in res.output and "--memory-limit" in res.output
     assert "Traceback" not in res.output and "parsed as CSV" not in res.output
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("where", ["other-files", "working-directory", "parent-of-working-directory", "a-file"])
+def test_train_refuses_to_replace_what_is_not_a_run(data_dir: Path, tmp_path: Path, where: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    victim = tmp_path / "victim"
+    (victim / "sub").mkdir(parents=True)
+    (victim / "notes.txt").write_text("important")
+    (victim / "sub" / "keep.txt").write_text("keep")
+    out = {"other-files": victim, "working-directory": Path("."), "parent-of-working-directory": Path(".."),
+           "a-file": victim / "notes.txt"}[where]
+    monkeypatch.chdir(victim / "sub" if where == "parent-of-working-directory" else victim)
+    res = runner.invoke(app, ["train", str(data_dir), "--out", str(out), "--candidates", "logreg",
+                              "--backtests", "0"])
+    assert res.exit_code == 2, res.output
+    assert "Fix:" in res.output and "Traceback" not in res.output
+    assert (victim / "notes.txt").read_text() == "important"
+    assert (victim / "sub" / "keep.txt").read_text() == "keep"
+
+
+def test_a_run_directory_is_replaced_and_an_empty_one_filled(tmp_path: Path) -> None:
+    from clvtier.errors import InputError
+    from clvtier.persist import atomic_dir
+
+    run = tmp_path / "run"
+    run.mkdir()  # empty: fine
+    with atomic_dir(run) as tmp:
+        (tmp / "metadata.json").write_text(json.dumps({"clvtier_run": True}))
+    with atomic_dir(run) as tmp:  # an earlier run: replaced
+        (tmp / "metadata.json").write_text(json.dumps({"clvtier_run": True, "n": 2}))
+    assert json.loads((run / "metadata.json").read_text())["n"] == 2
+    (run / "metadata.json").write_text(json.dumps({"something": "else"}))
+    with pytest.raises(InputError, match="not a clvtier run directory"), atomic_dir(run):
+        pass
+    assert json.loads((run / "metadata.json").read_text()) == {"something": "else"}

@@ -38,6 +38,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help text is plain: "clvtier[serve]" is a package extra, not markup
 )
 # Output captured to a file or a CI log is not cut to the default 80 columns of a
 # non-terminal (COLUMNS still wins when set).
@@ -58,9 +59,18 @@ VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Print timings
 
 
 def _connect(memory_limit: str | None) -> Any:
+    import duckdb
+
     from clvtier.ingest import connect
 
-    return connect(memory_limit=memory_limit) if memory_limit else None
+    if not memory_limit:
+        return None
+    try:
+        return connect(memory_limit=memory_limit)
+    except duckdb.ParserException as exc:
+        reason = str(exc).removeprefix("Parser Error: ").split(" (")[0]
+        raise InputError(f"--memory-limit '{memory_limit}' is not a size ({reason}).",
+                         "Give a size with its unit, such as 2GB or 500MB.") from None
 
 
 def peak_rss_mb() -> float:
@@ -80,7 +90,7 @@ DataArg = Annotated[
     Path,
     typer.Argument(
         help="Data directory, DuckDB file, single transactions file, or TOML mapping file.",
-        show_default=False,
+        show_default=False, metavar="DATA",
     ),
 ]
 AsOfOpt = Annotated[
@@ -221,6 +231,21 @@ def validate(
     out.print(f"[green]OK[/green]: {len(ds.warnings)} warning(s), no errors.")
 
 
+def _check_cutoff(ds: Any, cutoff: dt.date) -> None:
+    """Refuse a cutoff no customer is known at; point out one past the last transaction."""
+    starts = [s["first_date"] for name, s in ds.summary.items()
+              if name in ("transactions", "customers") and s.get("first_date")]
+    if starts and cutoff <= min(starts):
+        raise InputError(
+            f"no customer is known before the cutoff {cutoff}: the data start on {min(starts)}.",
+            f"Choose a cutoff after {min(starts)} (the features use events strictly before it).",
+        )
+    if cutoff > ds.last_date + dt.timedelta(days=1):
+        days = (cutoff - ds.last_date).days
+        out.print(f"Note: the cutoff {cutoff} is {days:,} days after the last transaction ({ds.last_date}); "
+                  "recency and window features count those days as days without purchases.")
+
+
 @app.command()
 @handle_errors
 def features(
@@ -250,8 +275,10 @@ def features(
     with progress("Validating"):
         ds = load(data, con=_connect(memory_limit), as_of=_date(as_of, "--as-of"))
     _print_problems(ds.warnings)
+    when = _date(cutoff, "--cutoff") or dt.date.today()
+    _check_cutoff(ds, when)
     with progress("Building features"):
-        fs = write_features(ds, _date(cutoff, "--cutoff") or dt.date.today(), out_path)
+        fs = write_features(ds, when, out_path)
     out.print(
         f"Wrote {fs.n_customers:,} customers x {len(fs.columns)} features to {out_path} "
         f"(metadata: {out_path.name}.meta.json)."
@@ -264,7 +291,7 @@ def features(
 @handle_errors
 def generate(
     out_dir: Annotated[Path, typer.Option("--out", help="Directory to write the four tables to.")],
-    customers: Annotated[int, typer.Option("--customers", help="Number of customers.")] = 10_000,
+    customers: Annotated[int, typer.Option("--customers", min=1, help="Number of customers.")] = 10_000,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
     fmt: Annotated[str, typer.Option("--format", help="csv or parquet.")] = "csv",
 ) -> None:
@@ -316,10 +343,11 @@ def _train_config(mode: str, target: str | None, cutoff: str | None, horizon_day
 def run_training(data: Path, run_dir: Path, cfg: Any, as_of: dt.date | None = None,
                  write_report: bool = True, memory_limit: str | None = None) -> Any:
     """Validate, train, evaluate, write the run directory (and report); return the result."""
-    from clvtier.persist import write_run
+    from clvtier.persist import check_run_dir, write_run
     from clvtier.train import train as train_fn
     from clvtier.validate import load
 
+    check_run_dir(run_dir)  # before hours of training, not after
     with progress("Validating data"):
         ds = load(data, con=_connect(memory_limit), as_of=as_of)
     _print_problems(ds.warnings)
@@ -352,9 +380,11 @@ def print_result(result: Any, run_dir: Path) -> None:
             "[/bold yellow]"
         )
     th = m["thresholds"]
+    # With the zero rule, Low is "no spend" (value <= 0), not "below a threshold".
+    low = "Low = no spend (<= 0)" if th.get("zero_rule_applied") else f"Low < {th['low_cut']:,.2f} <="
     out.print(
         f"Cutoff {m['cutoff']}, horizon {m['horizon_days']} days, target '{m['target']}'. "
-        f"Tiers: Low < {th['low_cut']:,.2f} <= Medium < {th['high_cut']:,.2f} <= High ({th['rule']}). "
+        f"Tiers: {low} Medium < {th['high_cut']:,.2f} <= High ({th['rule']}). "
         f"Customers: {m['n_train']:,} train / {m['n_test']:,} test.",
         highlight=False,
     )
@@ -405,8 +435,8 @@ def print_result(result: Any, run_dir: Path) -> None:
                 f"(carry-forward {fmt(row['carry_forward']['macro_f1'])}).",
                 highlight=False,
             )
-    out.print(f"Outputs in {run_dir}/: model.skops, metadata.json, metrics.json, cv.csv, "
-              f"test_predictions.csv" + (", report.html" if (run_dir / "report.html").exists() else ""))
+    written = sorted(p.name for p in run_dir.iterdir() if p.is_file())
+    out.print(f"Outputs in {run_dir}/: {', '.join(written)}", highlight=False)
 
 
 ModeOpt = Annotated[str, typer.Option(help="predictive (default: features before the cutoff, CLV after it) "
@@ -414,16 +444,16 @@ ModeOpt = Annotated[str, typer.Option(help="predictive (default: features before
 TargetOpt = Annotated[str | None, typer.Option(help="predictive: future (default) or total; "
                                                     "snapshot: total_spend (default) or formula.")]
 CutoffOpt = Annotated[str | None, typer.Option(help="Cutoff date T (default: last date minus the horizon).")]
-HorizonOpt = Annotated[int, typer.Option("--horizon-days", help="Horizon H in days.")]
+HorizonOpt = Annotated[int, typer.Option("--horizon-days", min=1, help="Horizon H in days.")]
 MetricOpt = Annotated[str, typer.Option(help="Selection metric: macro_f1, accuracy, weighted_f1, balanced_accuracy.")]
-CvOpt = Annotated[int, typer.Option("--cv", help="Cross-validation folds.")]
+CvOpt = Annotated[int, typer.Option("--cv", min=2, help="Cross-validation folds.")]
 SeedOpt = Annotated[int, typer.Option(help="Random seed.")]
-CandOpt = Annotated[str | None, typer.Option(help="Comma-separated candidate models "
-                                                  "(logreg,knn,random_forest,naive_bayes,blend; also hist_gb).")]
+CandOpt = Annotated[str | None, typer.Option(
+    help="Comma-separated candidate models (default: logreg,knn,random_forest,naive_bayes,blend; also hist_gb).")]
 TiersOpt = Annotated[str, typer.Option(help="quartile, quantiles:Q1,Q2 or amounts:A1,A2.")]
-BacktestOpt = Annotated[int, typer.Option(help="Earlier cutoffs in the out-of-time backtest.")]
+BacktestOpt = Annotated[int, typer.Option(min=0, help="Earlier cutoffs in the out-of-time backtest.")]
 UndatedOpt = Annotated[bool, typer.Option("--drop-undated", help="Leave out features that are not time-bounded.")]
-BootOpt = Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for the 95 % intervals.")]
+BootOpt = Annotated[int, typer.Option("--bootstrap", min=0, help="Bootstrap resamples for the 95 % intervals.")]
 
 
 @app.command()
@@ -509,8 +539,10 @@ def predict(
         summary = score_to_file(model, ds, out_file, as_of=as_of_date, with_reasons=not no_reasons,
                                 chunk_size=chunk_size, progress=advance)
     check = "in = out" if summary.n_in == summary.n_out else "in != out"
+    scored_at = as_of_date or ds.last_date + dt.timedelta(days=1)  # score_to_file's default
     out.print(
-        f"Scored {summary.n_out:,} customers (known at the as-of date: {summary.n_in:,}; {check}): "
+        f"Scored {summary.n_out:,} customers as of {scored_at} "
+        f"(known then: {summary.n_in:,}; {check}): "
         + ", ".join(f"{t} {summary.tiers.get(t, 0):,}" for t in ("Low", "Medium", "High"))
         + f". Wrote {out_file}.",
         highlight=False,
@@ -525,7 +557,9 @@ def predict(
 
 @app.command()
 @handle_errors
-def report(run_dir: Annotated[Path, typer.Argument(help="Run directory written by 'clvtier train'.")]) -> None:
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory written by 'clvtier train'.", metavar="RUN_DIR")],
+) -> None:
     """Write RUN_DIR/report.html, a self-contained HTML report."""
     from clvtier.persist import load_model
 
@@ -540,7 +574,7 @@ def report(run_dir: Annotated[Path, typer.Argument(help="Run directory written b
 @handle_errors
 def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Directory for the demo data and run.")] = Path("demo-run"),
-    customers: Annotated[int, typer.Option(help="Synthetic customers.")] = 10_000,
+    customers: Annotated[int, typer.Option(min=1, help="Synthetic customers.")] = 10_000,
     seed: SeedOpt = 42,
 ) -> None:
     """Generate EcomX-like data, validate, train, evaluate, score and report, end to end."""

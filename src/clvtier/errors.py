@@ -58,11 +58,13 @@ class Problem:
         if self.column:
             where += f", column '{self.column}'"
         text = f"{where}: {self.message}"
-        if self.count:
-            text += f" ({self.count:,} row{'s' if self.count != 1 else ''}"
-            if self.rows:
-                text += "; first at line " + ", ".join(str(r) for r in self.rows)
-            text += ")"
+        details = []
+        if self.count and f"{self.count:,}" not in self.message:  # the count once, not twice
+            details.append(f"{self.count:,} row{'s' if self.count != 1 else ''}")
+        if self.rows:
+            details.append("first at line " + ", ".join(str(r) for r in self.rows))
+        if details:
+            text += f" ({'; '.join(details)})"
         return f"{text}. Fix: {self.fix}"
 
     def to_dict(self) -> dict[str, object]:

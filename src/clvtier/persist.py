@@ -34,8 +34,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary directory that replaces ``path`` only if the block succeeds."""
-    path = Path(path)
+    """Yield a temporary directory that replaces the run directory ``path`` only if the block succeeds.
+
+    An existing ``path`` is replaced only when :func:`check_run_dir` allows it.
+    """
+    path = Path(path).resolve()
+    check_run_dir(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
@@ -53,6 +57,39 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_run_dir(path: str | Path) -> None:
+    """Refuse an output directory for a run that would replace anything but an earlier run.
+
+    Writing a run replaces the whole directory. It may be new, empty, or a directory
+    ``clvtier train`` wrote (its ``metadata.json`` says so); never the working
+    directory, one that holds it, or any other directory, whose files would be lost.
+    """
+    from clvtier.errors import InputError
+
+    path = Path(path).resolve()
+    fix = "Name a new directory for the run (e.g. --out runs/2024-06), or an earlier run directory to replace."
+    if path == Path.cwd().resolve() or path in Path.cwd().resolve().parents:
+        raise InputError(f"{path} is the working directory or holds it; writing a run there would replace it.", fix)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise InputError(f"{path} is a file, not a run directory.", fix)
+    if any(path.iterdir()) and not _is_run(path):
+        raise InputError(
+            f"{path} holds files and is not a clvtier run directory (no metadata.json from 'clvtier train'); "
+            "writing the run would replace everything in it.", fix)
+
+
+def _is_run(path: Path) -> bool:
+    import json
+
+    try:
+        meta = json.loads((path / METADATA_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("clvtier_run") is True
 
 
 # -- model bundles --------------------------------------------------------------

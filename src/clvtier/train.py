@@ -7,6 +7,7 @@ training customers only (the test customers are never used to choose).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -485,7 +486,13 @@ def _fit_all(fits: list[tuple[Any, tuple[np.ndarray, np.ndarray] | None]], X: pd
     other, as ``cross_validate`` does; a fit without one is fitted on all rows (score NaN).
     """
     if n_jobs <= 1:
-        return [_fit_one(pipe, X, y, fold, scorer) for pipe, fold in fits]
+        # Small data: one thread per fit as well. A second OpenMP thread gains nothing at
+        # this size, and while another process holds a core, the threads of gradient
+        # boosting spin at every barrier: its fits then took about ten times as long.
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(1) if len(X) < PARALLEL_FIT_ROWS else contextlib.nullcontext():
+            return [_fit_one(pipe, X, y, fold, scorer) for pipe, fold in fits]
     from joblib import Parallel, delayed
 
     return list(Parallel(n_jobs=n_jobs)(delayed(_fit_one)(pipe, X, y, fold, scorer) for pipe, fold in fits))
