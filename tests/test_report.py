@@ -143,14 +143,100 @@ def test_headline_numbers_and_intervals_are_in_the_text(html: str, metrics: dict
             assert formatted(key, head[key]["value"]) in text, (name, key)
 
 
+BASELINE_WORDS = {"baseline_carry_forward": "carry-forward", "baseline_bgnbd_gg": "BG/NBD + Gamma-Gamma",
+                  "baseline_majority": "the majority tier"}
+VERDICTS = {"gain": "lies below the model's interval: a clear gain on this metric",
+            "tie": "lies inside the model's interval: no clear gain on this metric",
+            "loss": "lies above the model's interval: the baseline does better on this metric"}
+
+
+def versus_best(metrics: dict, key: str) -> str:
+    """The clause the summary should write: the strongest baseline on ``key`` against the model's interval."""
+    head = metrics["headline"][key]
+    base = {name: b[key]["value"] for name, b in metrics["headline_baselines"].items() if key in b}
+    name = max(base, key=base.__getitem__)
+    verdict = "gain" if base[name] < head["lo"] else "loss" if base[name] > head["hi"] else "tie"
+    cf = base["baseline_carry_forward"]
+    cf = "" if name == "baseline_carry_forward" else f" (carry-forward {formatted(key, cf)})"
+    return f"; the best baseline, {BASELINE_WORDS[name]}, {formatted(key, base[name])}{cf}, {VERDICTS[verdict]}."
+
+
 def test_summary_says_what_the_high_tier_is_worth(html: str, metrics: dict) -> None:
     text = text_of(html)
     cap = metrics["headline"]["revenue_capture_high"]
-    cf = metrics["headline_baselines"]["baseline_carry_forward"]["revenue_capture_high"]["value"]
     assert (f"Customers predicted High hold {pct(cap['value'])} of next-year revenue "
-            f"(95 % CI {pct(cap['lo'])} – {pct(cap['hi'])}); the carry-forward rule's High customers hold "
-            f"{pct(cf)}.") in text
+            f"(95 % CI {pct(cap['lo'])} – {pct(cap['hi'])})" + versus_best(metrics, "revenue_capture_high")) in text
+    f1 = metrics["headline"]["macro_f1"]
+    assert (f"(macro-F1 {f1['value']:.3f}, 95 % CI {f1['lo']:.3f} – {f1['hi']:.3f})"
+            + versus_best(metrics, "macro_f1")) in text
+    assert "the run stores no paired-difference intervals" in text
     assert f"Chosen model {metrics['chosen']}" in text
+
+
+def _set_baseline(m: dict, name: str, key: str, value: float) -> None:
+    m["headline_baselines"][name][key]["value"] = value
+
+
+@pytest.mark.parametrize("where", ["gain", "tie", "loss"])
+def test_summary_names_the_strongest_baseline_and_whether_the_interval_excludes_it(copy_of: Path, where: str) -> None:
+    """BG/NBD + GG close to the model: the summary must compare with it, not with the weaker carry-forward."""
+
+    def edit(m: dict) -> None:
+        for key in ("revenue_capture_high", "macro_f1"):
+            head = m["headline"][key]
+            head.update(value=0.60, lo=0.50, hi=0.70)
+            _set_baseline(m, "baseline_carry_forward", key, 0.30)
+            _set_baseline(m, "baseline_majority", key, 0.10)
+            _set_baseline(m, "baseline_bgnbd_gg", key, {"gain": 0.45, "tie": 0.55, "loss": 0.75}[where])
+
+    _edit_json(copy_of / "metrics.json", edit)
+    text = text_of(report.render_report(copy_of))
+    bg = {"gain": 0.45, "tie": 0.55, "loss": 0.75}[where]
+    assert (f"(95 % CI 50.0 % – 70.0 %); the best baseline, BG/NBD + Gamma-Gamma, {pct(bg)} (carry-forward 30.0 %), "
+            f"{VERDICTS[where]}.") in text
+    assert (f"(macro-F1 0.600, 95 % CI 0.500 – 0.700); the best baseline, BG/NBD + Gamma-Gamma, {bg:.3f} "
+            f"(carry-forward 0.300), {VERDICTS[where]}.") in text
+    assert "the carry-forward rule" not in text and "against 0.300 for carry-forward" not in text
+
+
+def test_summary_names_carry_forward_when_it_is_the_strongest(copy_of: Path) -> None:
+    def edit(m: dict) -> None:
+        m["headline"]["macro_f1"].update(value=0.60, lo=0.50, hi=0.70)
+        _set_baseline(m, "baseline_carry_forward", "macro_f1", 0.40)
+        _set_baseline(m, "baseline_bgnbd_gg", "macro_f1", 0.35)
+
+    _edit_json(copy_of / "metrics.json", edit)
+    text = text_of(report.render_report(copy_of))
+    assert f"the best baseline, carry-forward, 0.400, {VERDICTS['gain']}." in text
+
+
+def headline_cells(html: str, key: str) -> dict[str, str]:
+    """The summary table's row for ``key``: column header -> cell text."""
+    table = re.search(r'<table class="headline">(.*?)</table>', html, flags=re.S).group(1)
+    heads = [text_of(h).strip() for h in re.findall(r"<th[^>]*>(.*?)</th>", table, flags=re.S)]
+    row = re.search(rf'<tr id="headline-{key}">(.*?)</tr>', table, flags=re.S).group(1)
+    cells = [text_of(c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", row, flags=re.S)]
+    return dict(zip(heads, cells, strict=True))
+
+
+def test_a_constant_score_has_no_lift(html: str, metrics: dict) -> None:
+    """Majority gives everyone one score: its lift would be an artefact of the order of ties."""
+    assert metrics["headline_baselines"]["baseline_majority"]["lift_top25"]["value"] is not None  # evaluate's number
+    row = headline_cells(html, "lift_top25")
+    assert row["Majority tier"] == "–"
+    assert row["Carry-forward (tier of past spend)"] == formatted(
+        "lift_top25", metrics["headline_baselines"]["baseline_carry_forward"]["lift_top25"]["value"])
+    assert "Majority tier gives every customer the same score, so it ranks no one" in text_of(html)
+
+
+def test_a_constant_score_is_found_in_the_predictions(copy_of: Path) -> None:
+    preds = pd.read_csv(copy_of / "test_predictions.csv", dtype={"customer_id": str})
+    preds["baseline_carry_forward_score"] = 100.0
+    preds.to_csv(copy_of / "test_predictions.csv", index=False)
+    html = report.render_report(copy_of)
+    assert headline_cells(html, "lift_top25")["Carry-forward (tier of past spend)"] == "–"
+    assert headline_cells(html, "macro_f1")["Carry-forward (tier of past spend)"] != "–"  # a tier metric still counts
+    assert "Carry-forward (tier of past spend) and Majority tier give every customer the same score" in text_of(html)
 
 
 def test_business_view_uses_the_evaluate_functions(html: str, run_dir: Path) -> None:
@@ -305,6 +391,29 @@ def test_snapshot_mode_warns_at_the_top_and_in_the_summary(copy_of: Path) -> Non
     assert "of total spend" in text_of(summary)
     stability = re.search(r'<section id="stability">(.*?)</section>', html, flags=re.S).group(1)
     assert "snapshot mode has neither" in stability and "<svg" not in stability
+
+
+def reason_values(html: str) -> list[tuple[str, str]]:
+    """(feature, shown value) of every reason in the worked examples."""
+    rows = re.findall(r'<tr><td class="mono">(.*?)</td><td class="num">(.*?)</td>', html, flags=re.S)
+    return [(text_of(f).replace(" ", ""), text_of(v).strip()) for f, v in rows]
+
+
+def test_a_feature_group_shows_its_members_values(copy_of: Path) -> None:
+    members = {"btyd_frequency": 3.0, "btyd_recency": 120.0, "btyd_T": 400.0, "btyd_monetary": 55.2}
+
+    def edit(m: dict) -> None:
+        m["examples"][0]["reasons"][0] = {"feature": "purchase_history_rfm", "effect": 0.2, "value": members}
+        m["examples"][0]["reasons"][1] = {"feature": "days_since_last_purchase", "effect": 0.1, "value": None}
+        m["examples"][1]["reasons"][0] = {"feature": "purchase_history_rfm", "effect": 0.2, "value": None}
+
+    _edit_json(copy_of / "metrics.json", edit)
+    shown = reason_values(report.render_report(copy_of))
+    assert ("purchase_history_rfm", "frequency 3, recency 120 d, T 400 d, monetary 55.20") in shown
+    assert ("days_since_last_purchase", "missing") in shown  # a real feature without a value
+    # A run that did not store the members' values names them rather than calling the group missing.
+    assert ("purchase_history_rfm", "frequency, recency, T, monetary (values not stored)") in shown
+    assert [v for f, v in shown if v == "missing"] == ["missing"]
 
 
 def test_a_run_without_optional_files_still_renders(copy_of: Path) -> None:

@@ -298,6 +298,9 @@ def generate(
     """Generate EcomX-like synthetic data with ground truth."""
     from clvtier.generate import generate as gen
 
+    if fmt not in ("csv", "parquet"):
+        raise InputError(f"--format '{fmt}' is not known.", "Use --format csv or --format parquet.")
+
     with progress("Generating") as update:
         update(total=customers)
         result = gen(customers, seed, out_dir, fmt=fmt, progress=lambda n: update(advance=n))  # type: ignore[arg-type]
@@ -320,6 +323,12 @@ def _tier_cuts(tiers: str) -> tuple[str, tuple[float, float] | None]:
         ) from None
     if method not in ("quantiles", "amounts"):
         raise InputError(f"--tiers method '{method}' is unknown.", "Use quartile, quantiles:Q1,Q2 or amounts:A1,A2.")
+    if not a < b or (method == "quantiles" and not 0 < a < b < 1):
+        raise InputError(
+            f"--tiers '{tiers}': the two cut points must increase"
+            + (" and lie strictly between 0 and 1." if method == "quantiles" else "."),
+            "E.g. quantiles:0.25,0.75 or amounts:100,1000.",
+        )
     return method, (a, b)
 
 

@@ -51,9 +51,25 @@ BASELINES = {
     "baseline_bgnbd_gg": "BG/NBD + Gamma-Gamma",
     "baseline_majority": "Majority tier",
 }
+#: How the baselines are named in sentences.
+BASELINE_WORDS = {
+    "baseline_carry_forward": "carry-forward",
+    "baseline_bgnbd_gg": "BG/NBD + Gamma-Gamma",
+    "baseline_majority": "the majority tier",
+}
 METRIC_LABELS = {
     "macro_f1": "macro-F1", "accuracy": "accuracy", "weighted_f1": "weighted F1",
-    "balanced_accuracy": "balanced accuracy",
+    "balanced_accuracy": "balanced accuracy", "revenue_capture_high": "revenue held by predicted High",
+    "lift_top25": f"lift in the top 25{NBSP}%", "high_precision": "precision of High",
+    "high_recall": "recall of High", "roc_auc_high": "ROC AUC of High", "spearman": "Spearman correlation",
+}
+#: Metrics of how a score ranks customers: undefined for a score that is the same for everyone.
+RANKING_METRICS = frozenset({"lift_top25", "spearman", "roc_auc_high"})
+#: A baseline's point estimate against the model's 95 % interval, from the model's side.
+VERDICTS = {
+    "gain": "lies below the model's interval: a clear gain on this metric",
+    "tie": "lies inside the model's interval: no clear gain on this metric",
+    "loss": "lies above the model's interval: the baseline does better on this metric",
 }
 
 _REPORT_RC: dict[Any, Any] = {
@@ -241,11 +257,84 @@ def _model_label(m: Mapping[str, Any]) -> str:
     return f"Model ({m.get('chosen', '?')})"
 
 
+def _baseline_names(base: Mapping[str, Any]) -> list[str]:
+    """The baselines a run evaluated: the known ones in display order, then any others by name."""
+    return [b for b in BASELINES if b in base] + sorted(b for b in base if b not in BASELINES)
+
+
+def _unranked(run: _Run, names: Sequence[str]) -> set[str]:
+    """Baselines that give every test customer the same score, so rank no one.
+
+    Their lift, Spearman correlation and AUC would only reflect the order the ties happen to be in.
+    """
+    p = run.predictions
+    out = {b for b in names if b == "baseline_majority"}  # one tier for everyone, by definition
+    if p is not None:
+        for b in names:
+            col = next((c for c in (f"{b}_score", f"{b}_tier") if c in p), None)
+            if col is not None and p[col].nunique(dropna=False) <= 1:
+                out.add(b)
+    return out
+
+
+def _best_baseline(key: str, values: Mapping[str, Mapping[str, Any]]) -> tuple[str, float] | None:
+    """The baseline with the highest value of a metric (all headline metrics are higher-is-better)."""
+    known = [(b, float(v[key])) for b, v in values.items() if not _missing(v.get(key))]
+    return max(known, key=lambda bv: bv[1]) if known else None
+
+
+def _verdict(entry: Mapping[str, Any], baseline: float) -> str | None:
+    """Where a baseline's point estimate falls against the model's 95 % interval, from the model's side."""
+    if _missing(entry.get("lo")) or _missing(entry.get("hi")):
+        return None
+    return "gain" if baseline < float(entry["lo"]) else "loss" if baseline > float(entry["hi"]) else "tie"
+
+
+def _versus_best(key: str, entry: Mapping[str, Any], values: Mapping[str, Mapping[str, Any]]) -> str:
+    """'; the best baseline, X, v (carry-forward w), lies inside the model's interval: ...' or ''."""
+    best = _best_baseline(key, values)
+    if best is None:
+        return ""
+    name, value = best
+    s = f"; the best baseline, {BASELINE_WORDS.get(name, name)}, {fmt_metric(key, value)}"
+    cf = (values.get("baseline_carry_forward") or {}).get(key)
+    if name != "baseline_carry_forward" and not _missing(cf):
+        s += f" (carry-forward {fmt_metric(key, cf)})"
+    verdict = _verdict(entry, value)
+    return s + (f", {VERDICTS[verdict]}" if verdict else ", and the model has no interval to set it against")
+
+
+def _tally(head: Mapping[str, Any], values: Mapping[str, Mapping[str, Any]]) -> str:
+    """One sentence on every headline metric: is the best baseline below, inside or above the model's interval?"""
+    verdicts: dict[str, list[str]] = {"gain": [], "tie": [], "loss": []}
+    for key, *_ in HEADLINE:
+        best = _best_baseline(key, values)
+        if key in head and best is not None and (verdict := _verdict(head[key], best[1])):
+            verdicts[verdict].append(METRIC_LABELS[key])
+    gain, ties, loss = verdicts["gain"], len(verdicts["tie"]), verdicts["loss"]
+    n = len(gain) + ties + len(loss)
+    if not n:
+        return ""
+    s = ("Metric by metric, the model beats the best baseline clearly on "
+         + (f"{len(gain)} of the {n} headline metrics ({_join(gain)})" if gain else f"none of the {n} headline metrics")
+         + (f" and is clearly worse on {len(loss)} ({_join(loss)})" if loss else " and is clearly worse on none"))
+    if ties:
+        s += f"; on {'all' if ties == n else 'the other'} {ties} the best baseline lies inside the model's interval"
+    # Paired differences would account for the baseline's noise too; train writes none, so say what was compared.
+    return s + (f". These checks set the best baseline's point estimate against the model's 95{NBSP}% bootstrap "
+                "interval (the run stores no paired-difference intervals), so they ignore the baseline's own "
+                "uncertainty.")
+
+
 def _summary(run: _Run, words: str) -> dict[str, Any]:
     m = run.metrics
     head = m.get("headline") or {}
     base = m.get("headline_baselines") or {}
-    baselines = [(k, BASELINES[k]) for k in BASELINES if k in base]
+    names = _baseline_names(base)
+    unranked = _unranked(run, names)
+    # A constant score ranks no one: its ranking metrics reflect the order of ties, so they are not shown.
+    values = {b: {key: (base[b].get(key) or {}).get("value") for key, *_ in HEADLINE
+                  if not (key in RANKING_METRICS and b in unranked)} for b in names}
     rows = []
     for key, label, _kind, help_text in HEADLINE:
         if key not in head:
@@ -253,27 +342,25 @@ def _summary(run: _Run, words: str) -> dict[str, Any]:
         rows.append({
             "key": key, "label": label, "help": help_text,
             "value": fmt_metric(key, head[key].get("value")), "ci": fmt_ci(key, head[key]),
-            "baselines": [fmt_metric(key, (base[b].get(key) or {}).get("value")) for b, _ in baselines],
+            "baselines": [fmt_metric(key, values[b].get(key)) for b in names],
         })
     sentences = []
     cap = head.get("revenue_capture_high")
-    cf = (base.get("baseline_carry_forward") or {}).get("revenue_capture_high")
     if cap:
         s = f"Customers predicted High hold {fmt_metric('revenue_capture_high', cap['value'])} of {words}"
         if fmt_ci("revenue_capture_high", cap):
             s += f" (95{NBSP}% CI {fmt_ci('revenue_capture_high', cap)})"
-        if cf:
-            s += f"; the carry-forward rule's High customers hold {fmt_metric('revenue_capture_high', cf['value'])}"
-        sentences.append(s + ".")
+        sentences.append(s + _versus_best("revenue_capture_high", cap, values) + ".")
     f1 = head.get("macro_f1")
     if f1:
         s = (f"The {m.get('chosen')} model gets the tier exactly right for "
              f"{fmt_pct((head.get('accuracy') or {}).get('value'))} of test customers "
              f"(macro-F1 {fmt_score(f1['value'])}")
-        cf_f1 = (base.get("baseline_carry_forward") or {}).get("macro_f1")
-        if cf_f1:
-            s += f" against {fmt_score(cf_f1['value'])} for carry-forward"
-        sentences.append(s + ").")
+        if fmt_ci("macro_f1", f1):
+            s += f", 95{NBSP}% CI {fmt_ci('macro_f1', f1)}"
+        sentences.append(s + ")" + _versus_best("macro_f1", f1, values) + ".")
+    if tally := _tally(head, values):
+        sentences.append(tally)
     if m.get("describes_past_only"):
         sentences.append("Snapshot mode: these numbers describe the past; they are not evidence that "
                          "the model can predict.")
@@ -285,8 +372,16 @@ def _summary(run: _Run, words: str) -> dict[str, Any]:
         ("Customers", f"{fmt_int(m.get('n_customers'))} ({fmt_int(m.get('n_train'))} train, "
                       f"{fmt_int(m.get('n_test'))} test)"),
     ]
-    return {"rows": rows, "baselines": [label for _, label in baselines], "reading": " ".join(sentences),
-            "facts": facts}
+    labels = [BASELINES.get(b, b) for b in names]
+    unranked_note = ""
+    if unranked:
+        which = [BASELINES.get(b, b) for b in names if b in unranked]
+        one = len(which) == 1
+        unranked_note = (f"{_join(which)} {'gives' if one else 'give'} every customer the same score, so "
+                         f"{'it ranks' if one else 'they rank'} no one: {'its' if one else 'their'} lift, Spearman "
+                         "correlation and ROC AUC are shown as –.")
+    return {"rows": rows, "baselines": labels, "reading": " ".join(sentences), "facts": facts,
+            "unranked_note": unranked_note}
 
 
 def _data(run: _Run) -> dict[str, Any]:
@@ -550,8 +645,38 @@ def _calibration(run: _Run) -> dict[str, Any]:
     return out
 
 
+def _feature_value(value: Any) -> str:
+    """One feature's value in a worked example: money-like numbers, text as written."""
+    if _missing(value):
+        return "missing"
+    return fmt_money(value) if isinstance(value, int | float) else str(value)
+
+
+def _member_value(feature: str, value: Any) -> str:
+    """A group member in a few characters: ``btyd_recency`` 120.0 -> ``'recency 120 d'``."""
+    name = feature.removeprefix("btyd_")
+    if isinstance(value, int | float) and not math.isnan(value):
+        if feature in ("btyd_recency", "btyd_T"):
+            return f"{name} {value:,.0f}{NBSP}d"
+        if feature == "btyd_frequency":
+            return f"{name} {value:,.0f}"
+    return f"{name} {_feature_value(value)}"
+
+
+def _reason_value(reason: Mapping[str, Any], groups: Mapping[str, Sequence[str]]) -> str:
+    """The value shown next to a reason; a group of features (the BTYD summary) shows its members' values."""
+    feature, value = str(reason.get("feature", "")), reason.get("value")
+    if isinstance(value, Mapping):
+        return ", ".join(_member_value(str(k), v) for k, v in value.items())
+    if value is None and feature in groups:
+        # A group has no single value; a run that stored none for it still says what the group is made of.
+        return ", ".join(f.removeprefix("btyd_") for f in groups[feature]) + " (values not stored)"
+    return _feature_value(value)
+
+
 def _drivers(run: _Run) -> dict[str, Any]:
     from clvtier import plotting
+    from clvtier.predict import explanation_groups
 
     m = run.metrics
     label = METRIC_LABELS.get(str(m.get("selection_metric", "macro_f1")), "score")
@@ -573,18 +698,16 @@ def _drivers(run: _Run) -> dict[str, Any]:
     else:
         out["reading"] = "The run has no feature importance."
     effects: list[list[float]] = []
+    groups = {name: cols for name, cols in explanation_groups(list(run.metadata.get("feature_names") or []))
+              if len(cols) > 1}
     for ex in m.get("examples") or []:
         if not isinstance(ex, Mapping):
             continue
         effects.append([float(r.get("effect") or 0) for r in ex.get("reasons") or []])
         probs = list(ex.get("p") or [])
         pred = str(ex.get("predicted_tier", ""))
-        reasons = []
-        for r in ex.get("reasons") or []:
-            value = r.get("value")
-            shown = fmt_money(value) if isinstance(value, int | float) else ("missing" if value is None else str(value))
-            reasons.append({"feature": str(r.get("feature", "")), "value": shown,
-                            "effect": _points(float(r.get("effect") or 0))})
+        reasons = [{"feature": str(r.get("feature", "")), "value": _reason_value(r, groups),
+                    "effect": _points(float(r.get("effect") or 0))} for r in ex.get("reasons") or []]
         out["examples"].append({
             "customer_id": str(ex.get("customer_id", "")), "predicted": pred,
             "actual": str(ex.get("actual_tier", "")), "value": fmt_money(ex.get("actual_value")),

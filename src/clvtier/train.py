@@ -749,7 +749,7 @@ def _permutation_importance(model: Any, X: pd.DataFrame, y: np.ndarray, cfg: Tra
 def _examples(model: Any, X: pd.DataFrame, proba: np.ndarray, ids: np.ndarray, y: np.ndarray,
               value: np.ndarray, reference: dict[str, Any]) -> list[dict[str, Any]]:
     """Worked explanations: a typical test customer per predicted tier (median confidence)."""
-    from clvtier.predict import reasons
+    from clvtier.predict import explanation_groups, reasons
 
     pred = np.argmax(proba, axis=1)
     picks = []
@@ -761,13 +761,21 @@ def _examples(model: Any, X: pd.DataFrame, proba: np.ndarray, ids: np.ndarray, y
     if not picks:
         return []
     why = reasons(model, X.iloc[picks], proba[picks], reference)
+    members = dict(explanation_groups(list(X.columns)))
+
+    def shown(i: int, f: str) -> Any:
+        """A feature's value; a group's (the BTYD summary) as a mapping of its members' values."""
+        cols = members.get(f, [f])
+        if cols == [f]:
+            return _plain(X.iloc[i][f]) if f in X.columns else None
+        return {c: _plain(X.iloc[i][c]) for c in cols}
+
     out = []
     for k, i in enumerate(picks):
         out.append({
             "customer_id": str(ids[i]), "predicted_tier": TIERS[int(pred[i])], "actual_tier": str(y[i]),
             "actual_value": float(value[i]), "p": [float(v) for v in proba[i]],
-            "reasons": [{"feature": f, "effect": e, "value": _plain(X.iloc[i][f]) if f in X.columns else None}
-                        for f, e in why[k]],
+            "reasons": [{"feature": f, "effect": e, "value": shown(i, f)} for f, e in why[k]],
         })
     return out
 
