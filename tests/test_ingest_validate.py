@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from clvtier.cli import app
 from clvtier.errors import EXIT_BAD_INPUT, DataError, InputError, Problem
 from clvtier.features import build_features
+from clvtier.ingest import discover
 from clvtier.validate import Dataset, load
 
 REAL_ECOMX = Path(__file__).resolve().parents[2] / "shared" / "data" / "ecomx"
@@ -64,6 +65,24 @@ def single_file(name: str, content: bytes) -> Callable[[Path], Path]:
         return root
 
     return build
+
+
+def parquet_table(table: str, **columns: list[object]) -> Callable[[Path], Path]:
+    """``table`` of TINY as Parquet with ``columns`` replaced (as pandas writes them), next to the
+    transactions table (TINY, CSV) unless it is the transactions table."""
+    def build(root: Path) -> Path:
+        write_ecomx(root, {} if table == "transactions" else {"transactions": TX})
+        frame = pd.read_csv(io.StringIO(TINY[table])).assign(**columns)
+        frame.to_parquet(root / f"{table}.parquet", index=False)
+        return root
+
+    return build
+
+
+def customer_ids(text: str, ids: list[str]) -> str:
+    """A TINY table (CSV text) with its customer_id column replaced by ``ids``."""
+    frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    return frame.assign(customer_id=ids).to_csv(index=False)
 
 
 @dataclass(frozen=True)
@@ -141,6 +160,26 @@ ERROR_CASES: dict[str, ErrorCase] = {
         tx_and("marketing", TINY["marketing"] + "4,3,No,Discount,2023-12-01\n"), "duplicate_key",
         "marketing_final.csv", "campaign_id must be unique in marketing",
         "Remove the duplicate rows", column="campaign_id", count=1, rows=(5, 8),
+    ),
+    "float-id-with-a-fraction": ErrorCase(
+        parquet_table("transactions", customer_id=[1.0, 1.0, 1.5] + [1.0] * 5 + [2.0**60] + [5.0, 4.0, 4.0]),
+        "parse", "transactions.parquet", "2 value(s) do not parse as ids (whole numbers or text)",
+        "Store ids as integers or text", column="customer_id", count=2, rows=(3, 9),
+    ),
+    "integer-response-not-1-or-0": ErrorCase(
+        parquet_table("marketing", response=[1, 0, 1, 1, 2, 1]), "parse", "marketing.parquet",
+        "1 value(s) do not parse as responses (Yes/No)", "true/false, 1/0 are accepted", column="response",
+        count=1, rows=(5,),
+    ),
+    "no-transaction-of-a-known-customer": ErrorCase(
+        # "1.0" in a text file is text, not the customer "1": every transaction would be an orphan
+        lambda root: write_ecomx(root, {
+            "transactions": customer_ids(TX, ["1.0"] * 6 + ["2.0"] * 2 + ["5.0"] * 2 + ["4.0"] * 2),
+            "customers": TINY["customers"],
+        }),
+        "no_common_customers", "transactions_final.csv",
+        "transactions_final.csv has ids such as '1.0', customers_final.csv has ids such as '1'",
+        "Write the customer ids the same way in both files", column="customer_id", count=12,
     ),
     "header-only-transactions": ErrorCase(
         tx_and("transactions", TX_HEADER), "empty", "transactions_final.csv",
@@ -234,8 +273,8 @@ def test_error_is_reported_in_detail_with_exit_code_2(case: ErrorCase, tmp_path:
         assert case.file in text
     if case.column:
         assert f"column '{case.column}'" in text
-    if case.rows:
-        assert f"({case.count:,} row" in text
+    if case.rows:  # the count once (in the message, or in brackets when it is not), then the lines
+        assert f"{case.count:,}" in text
         assert "first at line " + ", ".join(map(str, case.rows)) + ")" in text
     assert ".." not in text
 
@@ -482,11 +521,46 @@ def test_layouts_give_the_same_typed_tables(
         pd.testing.assert_frame_equal(frame, reference_tables[name], obj=name)
 
 
-def test_original_names_win_over_short_names(tmp_path: Path) -> None:
+SEVERAL_FILES = {  # in the order discovery looks for them
+    "original-and-short-name": ("transactions_final.csv", "transactions.csv"),
+    "parquet-and-csv": ("transactions.parquet", "transactions.csv"),
+}
+
+
+@pytest.mark.parametrize("files", SEVERAL_FILES.values(), ids=SEVERAL_FILES.keys())
+def test_several_files_for_one_table_are_refused(files: tuple[str, str], tmp_path: Path) -> None:
+    """Neither file is picked silently: both are named, and a mapping file picks one."""
+    data = write_ecomx(tmp_path / "data", {"customers": TINY["customers"]})
+    for name in files:
+        if name.endswith(".parquet"):
+            _frame(TX).to_parquet(data / name, index=False)
+        else:
+            (data / name).write_text(TX)
+    result = cli("validate", str(data), "--json", "--as-of", AS_OF)
+    assert result.exit_code == EXIT_BAD_INPUT, result.output
+    report = json.loads(result.stdout)
+    assert f"more than one file for the transactions table ({', '.join(files)})" in report["error"]
+    assert "customers" not in report["error"]
+    assert report["fix"].startswith("Keep one file per table in the directory, or map the table to a file")
+    assert f'[transactions] and path = "{files[0]}"' in report["fix"]
+
+    mapping = tmp_path / "shop.toml"
+    mapping.write_text(f'[transactions]\npath = "data/{files[1]}"\n[customers]\npath = "data/customers_final.csv"\n')
+    ds = load(mapping, as_of=TINY_AS_OF)
+    assert Path(ds.sources["transactions"].path).name == files[1]
+    assert ds.summary["transactions"]["rows"] == 12
+
+
+def test_several_files_for_several_tables_are_all_named(tmp_path: Path) -> None:
     write_ecomx(tmp_path, names="final")
-    (tmp_path / "transactions.csv").write_text("not,the,table\n1,2,3\n")
-    ds = load(tmp_path, as_of=TINY_AS_OF)
-    assert Path(ds.sources["transactions"].path).name == "transactions_final.csv"
+    write_ecomx(tmp_path, {"customers": TINY["customers"], "marketing": TINY["marketing"]}, names="short",
+                ext=".csv.gz")
+    with pytest.raises(InputError) as info:
+        discover(tmp_path)
+    assert info.value.message == (
+        f"{tmp_path}: more than one file for the customers table (customers_final.csv, customers.csv.gz) "
+        "and the marketing table (marketing_final.csv, marketing.csv.gz); clvtier does not guess which one to read."
+    )
 
 
 def test_a_single_transactions_file(tmp_path: Path) -> None:
@@ -547,6 +621,110 @@ def test_padded_text_in_parquet_is_trimmed_and_clean_text_is_read_as_it_is(tmp_p
     # Without a value to trim, every later query reads the columns as they are.
     assert "trim" not in ds_clean.con.compile(ds_clean.tables["transactions"]).lower()
     assert build_features(ds_clean, TINY_CUTOFF).frame["n_transactions"].tolist() == [1, 1, 3]
+
+
+def _float_ids_parquet(root: Path, transactions: pd.DataFrame, customers: pd.DataFrame) -> Path:
+    root.mkdir(parents=True)
+    transactions.to_parquet(root / "transactions.parquet", index=False)
+    customers.to_csv(root / "customers.csv", index=False)
+    return root
+
+
+def _float_ids_duckdb(root: Path, transactions: pd.DataFrame, customers: pd.DataFrame) -> Path:
+    root.mkdir(parents=True)
+    path = root / "shop.duckdb"
+    with duckdb.connect(str(path)) as con:
+        for name, frame in (("transactions", transactions), ("customers", customers)):
+            con.register("frame", frame)
+            con.execute(f"CREATE TABLE {name} AS SELECT * FROM frame")
+            con.unregister("frame")
+        assert con.execute("SELECT data_type FROM duckdb_columns() WHERE column_name = 'customer_id' "
+                           "ORDER BY table_name").fetchall() == [("VARCHAR",), ("DOUBLE",)]
+    return path
+
+
+@pytest.mark.parametrize("build", [_float_ids_parquet, _float_ids_duckdb], ids=["parquet", "duckdb"])
+def test_float_ids_are_the_integers_they_hold(
+    build: Callable[[Path, pd.DataFrame, pd.DataFrame], Path], tmp_path: Path
+) -> None:
+    """pandas writes an integer id column with missing values as float64: 1.0 is the customer "1"."""
+    transactions = pd.DataFrame({
+        "transaction_id": [1.0, 2.0, 3.0, 4.0],
+        "customer_id": [1.0, 2.0, 123456789012.0, 2.0],
+        "transaction_date": [dt.date(2023, 1, d) for d in (1, 2, 3, 4)],
+        "transaction_amount": [5.0, 6.0, 7.0, 8.0],
+    })
+    customers = pd.DataFrame({"customer_id": ["1", "2", "123456789012"], "join_date": ["2022-12-01"] * 3})
+    ds = load(build(tmp_path / "data", transactions, customers), as_of=TINY_AS_OF)
+    assert ds.problems == []  # no orphan, no customer without transactions
+    tx = ds.con.execute(ds.tables["transactions"]).sort_values("transaction_date")
+    assert tx["customer_id"].tolist() == ["1", "2", "123456789012", "2"]
+    assert tx["transaction_id"].tolist() == ["1", "2", "3", "4"]
+    frame = build_features(ds, TINY_CUTOFF).frame
+    assert sorted(frame["customer_id"]) == ["1", "123456789012", "2"]
+    assert frame.set_index("customer_id").loc["2", "n_transactions"] == 2
+
+
+RESPONSE_YES_NO = ["Yes", "No", "Yes", "Yes", "No", "Yes"]  # TINY marketing, by campaign_id
+
+
+def _marketing_frame(response: list[object]) -> pd.DataFrame:
+    frame = pd.read_csv(io.StringIO(TINY["marketing"])).assign(response=response)
+    return frame.assign(campaign_date=pd.to_datetime(frame["campaign_date"]).dt.date)
+
+
+def _responses_parquet(response: list[object]) -> Callable[[Path], Path]:
+    def build(root: Path) -> Path:
+        write_ecomx(root, {"transactions": TX})
+        _marketing_frame(response).to_parquet(root / "marketing.parquet", index=False)
+        return root
+
+    return build
+
+
+def _responses_duckdb(response: list[object]) -> Callable[[Path], Path]:
+    def build(root: Path) -> Path:
+        root.mkdir(parents=True)
+        path = root / "shop.duckdb"
+        with duckdb.connect(str(path)) as con:
+            con.register("frame", _marketing_frame(response))
+            con.execute("CREATE TABLE marketing AS SELECT * FROM frame")
+            con.unregister("frame")
+            con.register("frame", _frame(TX))
+            con.execute("CREATE TABLE transactions AS SELECT * FROM frame")
+        return path
+
+    return build
+
+
+def _responses_read_csv_auto(root: Path) -> Path:
+    """A DuckDB table made with read_csv_auto, which types a Yes/No column as BOOLEAN."""
+    write_ecomx(root, {"marketing": TINY["marketing"].replace(",yes,", ",Yes,").replace(",1,Free", ",Yes,Free")})
+    path = root / "shop.duckdb"
+    with duckdb.connect(str(path)) as con:
+        con.execute("CREATE TABLE marketing AS SELECT * FROM read_csv_auto(?)", [str(root / "marketing_final.csv")])
+        con.register("frame", _frame(TX))
+        con.execute("CREATE TABLE transactions AS SELECT * FROM frame")
+        assert con.execute("SELECT data_type FROM duckdb_columns() WHERE column_name = 'response'").fetchall() == [
+            ("BOOLEAN",)]
+    (root / "marketing_final.csv").unlink()
+    return path
+
+
+TYPED_RESPONSES: dict[str, Callable[[Path], Path]] = {
+    "parquet-boolean": _responses_parquet([r == "Yes" for r in RESPONSE_YES_NO]),
+    "parquet-integer": _responses_parquet([int(r == "Yes") for r in RESPONSE_YES_NO]),
+    "duckdb-integer": _responses_duckdb([int(r == "Yes") for r in RESPONSE_YES_NO]),
+    "duckdb-read-csv-auto": _responses_read_csv_auto,
+}
+
+
+@pytest.mark.parametrize("build", TYPED_RESPONSES.values(), ids=TYPED_RESPONSES.keys())
+def test_boolean_and_integer_responses_are_normalised_to_yes_no(build: Callable[[Path], Path], tmp_path: Path) -> None:
+    ds = load(build(tmp_path / "data"), as_of=TINY_AS_OF)
+    frame = ds.con.execute(ds.tables["marketing"]).sort_values("campaign_id", key=lambda s: s.astype(int))
+    assert frame["response"].tolist() == RESPONSE_YES_NO
+    assert codes(ds.warnings)[("normalised", "marketing", "response")] == 6
 
 
 @pytest.mark.parametrize(

@@ -127,6 +127,13 @@ def discover(source: str | Path) -> dict[str, TableSource]:
     -------
     dict
         Contract table name -> :class:`TableSource` for every table found.
+
+    Raises
+    ------
+    InputError
+        When the path does not exist, or a directory holds several files for one table
+        (``transactions.csv`` and ``transactions.parquet``, or ``transactions_final.csv``
+        and ``transactions.csv``).
     """
     path = Path(source)
     if not path.exists():
@@ -138,18 +145,30 @@ def discover(source: str | Path) -> dict[str, TableSource]:
     if path.is_file():
         return {"transactions": TableSource(path=path, format=_format_of(path))}
     found: dict[str, TableSource] = {}
+    several: dict[str, list[Path]] = {}
     for table in TABLES.values():
-        for stem in table.file_stems:
-            for ext in EXTENSIONS:
-                candidate = path / f"{stem}{ext}"
-                if candidate.is_file():
-                    delim = "\t" if ext == ".tsv" else ","
-                    found[table.name] = TableSource(
-                        path=candidate, format=_format_of(candidate), delimiter=delim
-                    )
-                    break
-            if table.name in found:
-                break
+        candidates = [
+            path / f"{stem}{ext}" for stem in table.file_stems for ext in EXTENSIONS
+            if (path / f"{stem}{ext}").is_file()
+        ]
+        if len(candidates) > 1:
+            several[table.name] = candidates
+        elif candidates:
+            [file] = candidates
+            delim = "\t" if file.name.endswith(".tsv") else ","
+            found[table.name] = TableSource(path=file, format=_format_of(file), delimiter=delim)
+    if several:
+        # Picking one by a preference order would silently read an older export or a draft.
+        listed = " and ".join(
+            f"the {name} table ({', '.join(f.name for f in files)})" for name, files in several.items()
+        )
+        name, files = next(iter(several.items()))
+        raise InputError(
+            f"{path}: more than one file for {listed}; clvtier does not guess which one to read.",
+            f"Keep one file per table in the directory, or map the table to a file with a config: a mapping "
+            f'file with [{name}] and path = "{files[0].name}", and a section for each other table '
+            "(docs/mapping.md); pass the mapping file instead of the directory.",
+        )
     return found
 
 

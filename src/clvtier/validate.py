@@ -6,7 +6,10 @@ Handling of what is accepted with a warning (also in the README):
 * transactions or offers whose customer is not in the customers table: kept;
   the customer is known from its transactions.
 * negative amounts (returns) are netted into spend; zero amounts are kept.
-* response spellings yes/no/y/n/true/false/1/0 in any case are normalised to Yes / No.
+* response spellings yes/no/y/n/true/false/1/0 in any case, and boolean or 1/0 integer
+  columns (Parquet, DuckDB), are normalised to Yes / No.
+* ids stored as floats (pandas writes an integer column with missing values as float64)
+  are read as the integer they hold: 1.0 is the id "1"; 1.5 is an error.
 * dates after the as-of date are kept but never used: features only read
   events before the cutoff, which is at most the as-of date.
 * customers without transactions get zero transaction features.
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import ibis
@@ -250,7 +254,7 @@ class _TableCheck:
                 continue
             r = both[f"raw__{col.name}"]
             v = both[col.name]
-            if _never_blank(r) and col.kind in ("id", "text"):  # their text always parses
+            if _text_is_exact(r, col):  # their text always parses
                 aggs[f"null_{col.name}"] = r.isnull().sum()
                 continue
             if _never_blank(r):  # typed (Parquet, DuckDB) columns: no text round trip
@@ -278,11 +282,13 @@ class _TableCheck:
                 aggs[f"neg_{col.name}"] = (finite & (v < 0)).sum()
                 aggs[f"zero_{col.name}"] = (finite & (v == 0)).sum()
             if col.kind == "response":
-                canon = r.strip().isin(["Yes", "No"])
+                # A boolean or 1/0 column is never spelled Yes/No: every value is normalised.
+                canon = r.strip().isin(["Yes", "No"]) if r.type().is_string() else ibis.literal(False)
                 aggs[f"normalised_{col.name}"] = (v.notnull() & ~canon).sum()
         key = self.contract.key
         if key and key in raw.columns:
-            aggs["n_key"] = both[f"raw__{key}" if _never_blank(both[f"raw__{key}"]) else key].count()
+            raw_key = both[f"raw__{key}"]
+            aggs["n_key"] = (raw_key if _text_is_exact(raw_key, self.contract.column(key)) else both[key]).count()
         stats = dict(self.con.execute(both.aggregate(**aggs)).iloc[0].to_dict())
 
         def exact(name: str) -> ir.Value:
@@ -420,6 +426,9 @@ def _cross_checks(con: Any, typed: dict[str, ir.Table], sources: dict[str, Table
             continue
         counts = _transaction_counts(con, t, known) if name == "transactions" else _orphan_counts(con, t, known)
         rows = int(counts["rows"] or 0)
+        if name == "transactions" and rows and not int(counts["matched"] or 0):
+            out.append(_no_common_customers(con, t, cust, sources, rows))
+            continue
         if rows:
             out.append(
                 Problem(
@@ -444,6 +453,28 @@ def _cross_checks(con: Any, typed: dict[str, ir.Table], sources: dict[str, Table
     return out
 
 
+def _no_common_customers(
+    con: Any, tx: ir.Table, cust: ir.Table, sources: dict[str, TableSource], rows: int
+) -> Problem:
+    """The error when no transaction belongs to a known customer: the two tables cannot be joined.
+
+    Almost always the ids are written differently in the two files (``1.0`` and ``1``,
+    ``00001`` and ``1``) or the files come from different data sets; one example id of each
+    side shows which.
+    """
+    tx_id = con.execute(tx.customer_id.min())
+    cust_id = con.execute(cust.customer_id.min())
+    tx_file, cust_file = sources["transactions"].path, sources["customers"].path
+    return Problem(
+        "error", "transactions",
+        f"none of the {rows:,} transaction(s) has a customer_id of the customers table {cust_file}: "
+        f"{Path(tx_file).name} has ids such as {tx_id!r}, {Path(cust_file).name} has ids such as {cust_id!r}",
+        "Write the customer ids the same way in both files (1, 1.0 and 00001 are different ids), "
+        "or leave the customers file out if it belongs to other data.",
+        file=str(tx_file), column="customer_id", count=rows, code="no_common_customers",
+    )
+
+
 def _orphan_counts(con: Any, t: ir.Table, known: ir.Table) -> Any:
     """Rows of ``t`` whose customer is not ``known``, and how many customers they hold."""
     orphans = t.anti_join(known, "customer_id")
@@ -451,10 +482,11 @@ def _orphan_counts(con: Any, t: ir.Table, known: ir.Table) -> Any:
 
 
 def _transaction_counts(con: Any, tx: ir.Table, known: ir.Table) -> Any:
-    """The orphan counts of the transactions, and the known customers ``without`` any, in one pass.
+    """The orphan counts of the transactions, the known customers ``without`` any, and the
+    customers with some (``matched``), in one pass.
 
     Rows counted per customer and outer-joined to the customers (unique, checked) give
-    both; an anti-join each way would read the transactions twice.
+    all three; an anti-join each way would read the transactions twice.
     """
     per = tx.group_by("customer_id").aggregate(__rows=tx.count())
     j = per.outer_join(known, "customer_id")
@@ -463,6 +495,7 @@ def _transaction_counts(con: Any, tx: ir.Table, known: ir.Table) -> Any:
         rows=ibis.ifelse(orphan, j["__rows"], 0).sum(),
         customers=(orphan & j["__rows"].notnull()).sum(),
         without=j["__rows"].isnull().sum(),
+        matched=(j["__rows"].notnull() & j["__known"].notnull()).sum(),
     )).iloc[0]
 
 
@@ -482,6 +515,42 @@ def _never_blank(v: ir.Value) -> bool:
     """Whether a non-NULL value of this column can never be blank text."""
     dtype = v.type()
     return dtype.is_numeric() or dtype.is_boolean() or dtype.is_date() or dtype.is_timestamp()
+
+
+def _text_is_exact(v: ir.Value, col: Column) -> bool:
+    """Whether this id or label column converts every non-NULL value to its text, never blank.
+
+    True for typed ids and labels, except ids stored as floats or decimals: those are
+    converted to the integer they hold, and a fraction does not convert.
+    """
+    if col.kind not in ("id", "text") or not _never_blank(v):
+        return False
+    return not (col.kind == "id" and _fractional(v.type()))
+
+
+def _fractional(dtype: Any) -> bool:
+    return bool(dtype.is_floating() or dtype.is_decimal())
+
+
+#: The largest magnitude up to which a float holds every integer exactly, by width in bytes.
+_EXACT_FLOAT_INTEGERS = {2: 2**11, 4: 2**24, 8: 2**53}
+
+
+def _whole_number_text(v: ir.NumericValue) -> ir.StringValue:
+    """The text of the integer a float or decimal id holds ("1" for 1.0); NULL for 1.5, NaN, inf.
+
+    pandas writes an integer column with missing values as float64, whose text "1.0"
+    would match no id "1" of another file. Beyond 2**53 a float64 no longer holds every
+    integer, so the id it stores may not be the one exported: NULL too.
+    """
+    dtype = v.type()
+    whole = (v % 1) == 0
+    if dtype.is_floating():
+        whole = whole & (v.abs() <= _EXACT_FLOAT_INTEGERS.get(dtype.nbytes, 2**53))
+        integer: ir.Value = v.cast("int64")
+    else:
+        integer = v.cast("decimal(38, 0)")
+    return ibis.ifelse(whole, integer, ibis.null(integer.type())).cast("string")
 
 
 def _strip(s: ir.StringValue) -> ir.StringValue:
@@ -545,10 +614,16 @@ def _typed_columns(t: ir.Table, contract: Any, date_format: str | None) -> dict[
 def _convert(v: ir.Value, col: Column, date_format: str | None) -> ir.Value:
     """Typed value of a raw column; NULL where a value does not parse."""
     dtype = v.type()
+    if col.kind == "id" and _fractional(dtype):
+        return _whole_number_text(v)
     if col.kind in ("id", "text"):
         s = _as_text(v) if _never_blank(v) else _strip(_as_text(v))
         return s.nullif("")
     if col.kind == "response":
+        if dtype.is_boolean():
+            return ibis.cases((v, "Yes"), (~v, "No"), else_=ibis.null("string"))
+        if dtype.is_numeric():  # 1 / 0; other numbers do not parse
+            return ibis.cases((v == 1, "Yes"), (v == 0, "No"), else_=ibis.null("string"))
         s = _as_text(v).strip().lower()
         return (
             ibis.cases((s.isin(RESPONSE_YES), "Yes"), (s.isin(RESPONSE_NO), "No"), else_=None)
@@ -594,6 +669,8 @@ def _kind_label(col: Column, date_format: str | None) -> str:
         return f"dates ({date_format or 'YYYY-MM-DD'})"
     if col.kind == "response":
         return "responses (Yes/No)"
+    if col.kind == "id":
+        return "ids (whole numbers or text)"
     return "numbers"
 
 
@@ -605,6 +682,12 @@ def _parse_fix(col: Column) -> str:
         )
     if col.kind == "response":
         return "Use Yes or No (yes/no, y/n, true/false, 1/0 are accepted too)."
+    if col.kind == "id":
+        return (
+            "Store ids as integers or text; a float id must be a whole number up to 2^53, the largest "
+            "a float holds exactly (from pandas, df[column].astype('Int64') keeps missing values "
+            "without turning the ids into floats)."
+        )
     return "Write plain numbers with a dot as decimal separator and no currency or thousands signs."
 
 
