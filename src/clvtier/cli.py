@@ -505,8 +505,9 @@ def predict(
     data: DataArg,
     model_dir: Annotated[Path, typer.Option("--model", help="Run directory written by 'clvtier train'.")],
     out_file: Annotated[Path, typer.Option("--out", help="Scores file, .csv or .parquet.")],
-    as_of: Annotated[str | None, typer.Option("--as-of", help="Score as of this date "
-                                                              "(default: the day after the last transaction).")] = None,
+    as_of: Annotated[str | None, typer.Option(
+        "--as-of", help="Score as of this date: only events before it count "
+                        "(default: the day after the last transaction).")] = None,
     no_reasons: Annotated[bool, typer.Option("--no-reasons", help="Skip the per-customer reasons (faster).")] = False,
     engine: EngineOpt = "duckdb",
     master: MasterOpt = "local[*]",
@@ -535,7 +536,9 @@ def predict(
     model = load_model(model_dir)
     as_of_date = _date(as_of, "--as-of")
     with progress("Validating data"):
-        ds = load(data, con=_connect(memory_limit), as_of=as_of_date)
+        # --as-of is the date to score at, not the export date: events after it are
+        # simply not used, and validation does not warn about them.
+        ds = load(data, con=_connect(memory_limit))
     _print_problems(ds.warnings)
     scored = 0
     with progress("Building features, then scoring") as update:

@@ -467,6 +467,12 @@ def training_sample(data: Any, cfg: TrainConfig, cutoff: dt.date, spec: FeatureS
 #: 18.7 s on one), so two fits side by side finish sooner; below this size starting the
 #: processes costs more than it saves. Every fit gives the same model either way.
 PARALLEL_FIT_ROWS = 20_000
+#: Below this many training customers, fits run on one thread (OpenMP and BLAS). A second
+#: thread gains nothing at that size (a gradient-boosting fit on 2,000 rows: 0.33 s on one
+#: thread or two), and while another program keeps a core busy the threads wait for each
+#: other at every step (0.77 s on two threads, 0.33 s on one; a whole training run took
+#: ten times as long). From 13,000 rows on, two threads are faster on an idle machine.
+ONE_THREAD_ROWS = 5_000
 
 
 def _jobs(n_rows: int, n_fits: int) -> int:
@@ -486,12 +492,9 @@ def _fit_all(fits: list[tuple[Any, tuple[np.ndarray, np.ndarray] | None]], X: pd
     other, as ``cross_validate`` does; a fit without one is fitted on all rows (score NaN).
     """
     if n_jobs <= 1:
-        # Small data: one thread per fit as well. A second OpenMP thread gains nothing at
-        # this size, and while another process holds a core, the threads of gradient
-        # boosting spin at every barrier: its fits then took about ten times as long.
         from threadpoolctl import threadpool_limits
 
-        with threadpool_limits(1) if len(X) < PARALLEL_FIT_ROWS else contextlib.nullcontext():
+        with threadpool_limits(1) if len(X) < ONE_THREAD_ROWS else contextlib.nullcontext():
             return [_fit_one(pipe, X, y, fold, scorer) for pipe, fold in fits]
     from joblib import Parallel, delayed
 

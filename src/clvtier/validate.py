@@ -275,7 +275,8 @@ class _TableCheck:
                     v = ibis.ifelse(outside, ibis.null("date"), v)
                 aggs[f"min_{col.name}"] = v.min()
                 aggs[f"max_{col.name}"] = v.max()
-                aggs[f"future_{col.name}"] = (v > ibis.literal(self.as_of)).sum()
+                if col.name != "last_purchase_date":  # never read (recomputed from transactions)
+                    aggs[f"future_{col.name}"] = (v > ibis.literal(self.as_of)).sum()
             if col.kind == "number" or col.kind == "count":
                 finite = v.notnull() & ~v.isnan() & ~v.isinf()
                 aggs[f"nonfinite_{col.name}"] = (v.notnull() & ~finite).sum()
