@@ -457,19 +457,21 @@ def _cross_checks(con: Any, typed: dict[str, ir.Table], sources: dict[str, Table
 def _no_common_customers(
     con: Any, tx: ir.Table, cust: ir.Table, sources: dict[str, TableSource], rows: int
 ) -> Problem:
-    """The error when no transaction belongs to a known customer: the two tables cannot be joined.
+    """The warning when no transaction belongs to a known customer: the tables do not join.
 
     Almost always the ids are written differently in the two files (``1.0`` and ``1``,
     ``00001`` and ``1``) or the files come from different data sets; one example id of each
-    side shows which.
+    side shows which. A warning, not an error: a small or partial extract can have no
+    customer in common by chance, and every customer is still known from its own rows.
     """
     tx_id = con.execute(tx.customer_id.min())
     cust_id = con.execute(cust.customer_id.min())
     tx_file, cust_file = sources["transactions"].path, sources["customers"].path
     return Problem(
-        "error", "transactions",
+        "warning", "transactions",
         f"none of the {rows:,} transaction(s) has a customer_id of the customers table {cust_file}: "
-        f"{Path(tx_file).name} has ids such as {tx_id!r}, {Path(cust_file).name} has ids such as {cust_id!r}",
+        f"{Path(tx_file).name} has ids such as {tx_id!r}, {Path(cust_file).name} has ids such as {cust_id!r}; "
+        "kept, but no customer gets both its profile and its purchases",
         "Write the customer ids the same way in both files (1, 1.0 and 00001 are different ids), "
         "or leave the customers file out if it belongs to other data.",
         file=str(tx_file), column="customer_id", count=rows, code="no_common_customers",
