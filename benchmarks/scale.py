@@ -169,7 +169,7 @@ def main() -> None:
                                     work / "predict.log")
         text = steps["predict"]["output"]
         n_scored = _number(r"Scored ([\d,]+) customers", text)
-        n_known = _number(r"known at the as-of date: ([\d,]+)", text)
+        n_known = _number(r"known then: ([\d,]+)", text)
         if n_scored is None or n_scored != n_known or "in = out" not in text:
             raise SystemExit(f"predict did not score every known customer once:\n{text[-2000:]}")
         rate = _number(r"\(([\d,]+) customers/s\)", text)
