@@ -291,3 +291,20 @@ def test_a_run_directory_is_replaced_and_an_empty_one_filled(tmp_path: Path) -> 
     with pytest.raises(InputError, match="not a clvtier run directory"), atomic_dir(run):
         pass
     assert json.loads((run / "metadata.json").read_text()) == {"something": "else"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["features", "{data}", "--cutoff", "2023-06-01", "--out", "{out}", "--memory-limit", "lots"],
+     "--memory-limit 'lots' is not a size"),
+    (["features", "{data}", "--cutoff", "1990-01-01", "--out", "{out}"],
+     "no customer is known before the cutoff 1990-01-01"),
+    (["generate", "--customers", "10", "--out", "{out}", "--format", "xlsx"], "--format 'xlsx' is not known"),
+    (["train", "{data}", "--out", "{out}", "--tiers", "quantiles:0.8,0.3"], "the two cut points must increase"),
+], ids=["memory-limit", "cutoff-before-the-data", "format", "tiers"])
+def test_bad_options_are_refused_before_any_output(data_dir: Path, tmp_path: Path, args: list[str],
+                                                   message: str) -> None:
+    out = tmp_path / "out.csv"
+    res = runner.invoke(app, [a.format(data=data_dir, out=out) for a in args])
+    assert res.exit_code == 2, res.output
+    assert message in res.output and "Fix:" in res.output and "Internal error" not in res.output
+    assert not out.exists()
