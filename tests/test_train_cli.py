@@ -308,3 +308,15 @@ def test_bad_options_are_refused_before_any_output(data_dir: Path, tmp_path: Pat
     assert res.exit_code == 2, res.output
     assert message in res.output and "Fix:" in res.output and "Internal error" not in res.output
     assert not out.exists()
+
+
+def test_backtests_set_the_model_against_both_naive_baselines(run_dir: Path) -> None:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    rows = [r for r in metrics["backtest"] if "skipped" not in r]
+    assert rows
+    for row in rows:
+        for rule in ("carry_forward", "bgnbd_gg"):
+            assert 0 <= row[rule]["macro_f1"] <= 1, rule
+        assert row["bgnbd_gg"] != row["carry_forward"]
+    res = runner.invoke(app, ["report", str(run_dir)])
+    assert res.exit_code == 0, res.output

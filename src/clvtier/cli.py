@@ -439,9 +439,10 @@ def print_result(result: Any, run_dir: Path) -> None:
         if "skipped" in row:
             out.print(f"Backtest at {row['cutoff']}: skipped ({row['skipped']})", highlight=False)
         else:
+            bgnbd = f", BG/NBD + Gamma-Gamma {fmt(row['bgnbd_gg']['macro_f1'])}" if "bgnbd_gg" in row else ""
             out.print(
                 f"Backtest at {row['cutoff']}: macro-F1 {fmt(row['model']['macro_f1'])} "
-                f"(carry-forward {fmt(row['carry_forward']['macro_f1'])}).",
+                f"(carry-forward {fmt(row['carry_forward']['macro_f1'])}{bgnbd}).",
                 highlight=False,
             )
     written = sorted(p.name for p in run_dir.iterdir() if p.is_file())

@@ -574,15 +574,25 @@ def _baselines(fs: FeatureSet, X: pd.DataFrame, chosen_model: Any, tr: np.ndarra
         pred = rank_tiers(past[tr], past[te], _shares(y[tr]))
     out["baseline_carry_forward"] = classification_metrics(y[te], pred, _score_as_proba(past[te]), y_value[te])
     scores["baseline_carry_forward"] = (pred, past[te])
-    btyd = chosen_model.named_steps.get("btyd") if hasattr(chosen_model, "named_steps") else None
-    if btyd is not None and not getattr(btyd, "degenerate_", False):
-        expected = btyd.transform(X)["bgnbd_expected_value"].to_numpy(dtype="float64")
-        if cfg.target == "total" or cfg.mode == "snapshot":
-            expected = expected + past
+    expected = _bgnbd_value(chosen_model, X, past, cfg)
+    if expected is not None:
         pred = rank_tiers(expected[tr], expected[te], _shares(y[tr]))
         out["baseline_bgnbd_gg"] = classification_metrics(y[te], pred, _score_as_proba(expected[te]), y_value[te])
         scores["baseline_bgnbd_gg"] = (pred, expected[te])
     return out, scores
+
+
+def _bgnbd_value(model: Any, X: pd.DataFrame, past: np.ndarray, cfg: TrainConfig) -> np.ndarray | None:
+    """The BG/NBD + Gamma-Gamma baseline's value per row of ``X``, from the fitted model's BTYD step.
+
+    None when the model has no BTYD step or its fit degenerated. With a total target the
+    spend so far is added, as the label adds it.
+    """
+    btyd = model.named_steps.get("btyd") if hasattr(model, "named_steps") else None
+    if btyd is None or getattr(btyd, "degenerate_", False):
+        return None
+    expected = btyd.transform(X)["bgnbd_expected_value"].to_numpy(dtype="float64")
+    return expected + past if cfg.target == "total" or cfg.mode == "snapshot" else expected
 
 
 def _leakage_audit(fs: FeatureSet, pipe: Any, X: pd.DataFrame, y: np.ndarray, y_value: np.ndarray,
@@ -634,8 +644,9 @@ def _backtest(data: Any, cfg: TrainConfig, cutoff: dt.date, spec: FeatureSpec, c
         y_tr = binner.transform(v_tr.to_numpy())
         y_te = binner.transform(v_te.to_numpy())
         model = make_pipeline(chosen, cfg.horizon_days, cfg.seed, btyd=_has_btyd(feature_names), metric=cfg.metric)
-        model.fit(model_input(fs_tr.frame, feature_names), y_tr)
-        proba = _ordered_proba(model, model_input(fs_te.frame, feature_names))
+        X_tr, X_te = model_input(fs_tr.frame, feature_names), model_input(fs_te.frame, feature_names)
+        model.fit(X_tr, y_tr)
+        proba = _ordered_proba(model, X_te)
         m = classification_metrics(y_te, tiers_from_proba(proba), proba, v_te.to_numpy())
         past_tr = fs_tr.frame["total_spend"].to_numpy()
         past_te = fs_te.frame["total_spend"].to_numpy()
@@ -645,11 +656,17 @@ def _backtest(data: Any, cfg: TrainConfig, cutoff: dt.date, spec: FeatureSpec, c
             cf = rank_tiers(past_tr, past_te, _shares(y_tr))
         b = classification_metrics(y_te, cf, _score_as_proba(past_te), v_te.to_numpy())
         keys = ("accuracy", "macro_f1", "high_recall", "high_precision", "revenue_capture_high", "roc_auc_high")
-        rows.append({
+        row = {
             "cutoff": test_cut.isoformat(), "train_cutoff": train_cut.isoformat(),
             "n_customers": int(len(fs_te.frame)), "model": {k: m.get(k) for k in keys},
             "carry_forward": {k: b.get(k) for k in keys},
-        })
+        }
+        value_tr, value_te = _bgnbd_value(model, X_tr, past_tr, cfg), _bgnbd_value(model, X_te, past_te, cfg)
+        if value_tr is not None and value_te is not None:
+            bg = rank_tiers(value_tr, value_te, _shares(y_tr))
+            g = classification_metrics(y_te, bg, _score_as_proba(value_te), v_te.to_numpy())
+            row["bgnbd_gg"] = {k: g.get(k) for k in keys}
+        rows.append(row)
     return rows
 
 
