@@ -907,3 +907,16 @@ def test_validate_json_reports_errors_before_reading_as_json(args: list[str], tm
     report = json.loads(result.stdout)
     assert report["ok"] is False and report["problems"] == []
     assert report["error"] and report["fix"]
+
+
+@pytest.mark.parametrize("count, message, shown", [
+    (2, "2 date(s) are after the as-of date 2024-01-31", False),
+    (1, "dates after 2021", True),  # the 1 inside a year is not the count
+    (1, "12 rows are odd", True),
+    (1234, "1,234 values", False),
+])
+def test_a_problem_states_its_row_count_once(count: int, message: str, shown: bool) -> None:
+    from clvtier.errors import Problem
+
+    text = Problem("warning", "transactions", message, "Fix it.", count=count).describe()
+    assert (f"({count:,} row" in text) is shown

@@ -552,9 +552,8 @@ def predict(
         summary = score_to_file(model, ds, out_file, as_of=as_of_date, with_reasons=not no_reasons,
                                 chunk_size=chunk_size, progress=advance)
     check = "in = out" if summary.n_in == summary.n_out else "in != out"
-    scored_at = as_of_date or ds.last_date + dt.timedelta(days=1)  # score_to_file's default
     out.print(
-        f"Scored {summary.n_out:,} customers as of {scored_at} "
+        f"Scored {summary.n_out:,} customers as of {summary.as_of} "
         f"(known then: {summary.n_in:,}; {check}): "
         + ", ".join(f"{t} {summary.tiers.get(t, 0):,}" for t in ("Low", "Medium", "High"))
         + f". Wrote {out_file}.",

@@ -7,6 +7,7 @@ user should do next.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -59,7 +60,9 @@ class Problem:
             where += f", column '{self.column}'"
         text = f"{where}: {self.message}"
         details = []
-        if self.count and f"{self.count:,}" not in self.message:  # the count once, not twice
+        # The count once, not twice: left out when the message already states it (as a
+        # whole number, not a digit inside another one such as a year).
+        if self.count and not re.search(rf"(?<![\d,.]){self.count:,}(?!\d|[,.]\d)", self.message):
             details.append(f"{self.count:,} row{'s' if self.count != 1 else ''}")
         if self.rows:
             details.append("first at line " + ", ".join(str(r) for r in self.rows))

@@ -337,7 +337,7 @@ def _transaction_features(tx: ir.Table, spec: FeatureSpec, cutoff: ir.Scalar) ->
         "btyd_frequency": n_gaps,
         "btyd_recency": span,
         "btyd_T": cutoff.delta(g.first_purchase_day, unit="day").cast("float64"),
-        "btyd_monetary": ibis.ifelse(freq > 0, (total - first_value) / freq.cast("float64"), 0.0),
+        "btyd_monetary": ibis.ifelse(freq > 0, (total - first_value) / n_gaps, 0.0),
         "spend_trend": g.spend_180d.fill_null(0) - g.spend_prev_180d.fill_null(0),
         "days_since_last_purchase": cutoff.delta(g.last_day, unit="day").cast("float64"),
         "n_categories": n_categories.cast("float64"),

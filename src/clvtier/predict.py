@@ -274,6 +274,8 @@ class ScoreSummary:
     Attributes
     ----------
     path : Path
+    as_of : date
+        The date scored at (given, or the day after the last transaction).
     n_in : int
         Customers known at the as-of date (rows of the features).
     n_out : int
@@ -287,6 +289,7 @@ class ScoreSummary:
     """
 
     path: Path
+    as_of: dt.date
     n_in: int
     n_out: int
     tiers: dict[str, int] = field(default_factory=dict)
@@ -393,4 +396,4 @@ def score_to_file(model: Model, data: Any, out: str | Path, as_of: dt.date | Non
                 raise InputError(f"scoring wrote {n_out:,} rows for {n_in:,} customers.",
                                  "This is a bug; report it with the data's shape.")
         scoring_seconds = time.perf_counter() - t1
-    return ScoreSummary(out, n_in, n_out, tiers, feature_seconds, scoring_seconds)
+    return ScoreSummary(out, as_of, n_in, n_out, tiers, feature_seconds, scoring_seconds)
