@@ -176,3 +176,67 @@ def test_shuffled_group_probabilities_equal_predict_proba_bit_for_bit(
         for col in members:
             Xp[col] = X[col].to_numpy()[perm]
         np.testing.assert_array_equal(shuffler.proba(g, perm), model.pipeline.predict_proba(Xp))
+
+
+@pytest.mark.parametrize("name", ["blend", "hist_gb"])
+def test_lookup_tables_and_parts_change_no_bit(fitted: dict[str, Any], features: pd.DataFrame, name: str,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Trees read through lookup tables, calls split into parts side by side: the same bits for
+    the trees; a logistic member's matrix product may round the last bit differently on fewer rows."""
+    import clvtier.occlusion as occ
+
+    model = fitted[name]
+    X = model_input(features, model.feature_names)
+    plain = score_frame(model, features)
+    monkeypatch.setattr(occ, "TABLE_ROWS", 1)
+    monkeypatch.setattr(occ, "PARALLEL_ROWS", 100)
+    plan = occ.compile_plan(model.pipeline, model.feature_names, explanation_groups(model.feature_names),
+                            model.reference)
+    assert plan is not None
+    plan.set_threads(3)
+    calls = []
+    real = occ.Plan._outputs
+    monkeypatch.setattr(occ.Plan, "_outputs", lambda self, part, *a, **k: calls.append(len(part)) or real(
+        self, part, *a, **k))
+    got, want = plan.predict_proba(X), model.pipeline.predict_proba(X)
+    if name == "hist_gb":
+        np.testing.assert_array_equal(got, want)
+    else:
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-15)
+    assert sorted(calls) == sorted(len(p) for p in np.array_split(np.arange(len(X)), 3))
+    boosting = [est for _, est in plan.members if isinstance(est, occ._Boosting)]
+    assert boosting and all(any(t is not None for t in est.tables.values()) for est in boosting)
+    monkeypatch.setattr(Model, "plan", plan)
+    tabled = score_frame(model, features)
+    pd.testing.assert_frame_equal(tabled, plain, check_exact=False, rtol=0, atol=1e-15)
+    assert tabled[reason_columns(tabled)].equals(plain[reason_columns(plain)])
+
+
+def test_lookup_table_values_equal_the_tree_with_missing_bins_and_large_trees() -> None:
+    """Each tree's values through its table equal ``predict_binned``, including missing-value bins
+    (those columns fall back to the tree) and trees too large for a table."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from clvtier.occlusion import TABLE_ENTRIES, TABLE_ROWS, _Boosting
+
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(3000, 6))
+    X[rng.random(X.shape) < 0.1] = np.nan
+    y = (np.nan_to_num(X[:, 0]) + np.nan_to_num(X[:, 1]) * np.nan_to_num(X[:, 2]) > 0).astype(int) + (
+        np.nan_to_num(X[:, 3]) > 1)
+    model = HistGradientBoostingClassifier(max_iter=8, max_leaf_nodes=63, min_samples_leaf=5, max_bins=31,
+                                           random_state=0).fit(X, y)
+    est = _Boosting(model)
+    preds = [p for _, p in est.trees]
+    n = max(TABLE_ROWS, 4000)
+    for missing_cols in ([], [1], list(range(6))):
+        B = np.asfortranarray(rng.integers(0, est.missing_bin, size=(n, 6)).astype(np.uint8))
+        for c in missing_cols:
+            B[rng.random(n) < 0.2, c] = est.missing_bin
+        got = list(est.values(preds, B, threads=1))
+        for pred, values in zip(preds, got, strict=True):
+            np.testing.assert_array_equal(values, pred.predict_binned(B, est.missing_bin, 1))
+    tables = [est.tables[id(p)] for p in preds]
+    assert any(t is None for t in tables), "no tree exceeded the table size; the fallback went untested"
+    assert any(t is not None and len(t.table) > 1 for t in tables)
+    assert all(t is None or len(t.table) <= TABLE_ENTRIES for t in tables)

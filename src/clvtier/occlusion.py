@@ -31,9 +31,11 @@ predicting only the customers whose group differs from the reference.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -54,6 +56,19 @@ from clvtier.models import signed_log1p
 BLOCK_ROWS = 8192
 #: Up to this many (customer, group) pairs, trees run on perturbed copies rather than pruned trees.
 SMALL_ROWS = 256
+#: From this many rows a tree is read through its lookup table (:class:`_Table`); below, building
+#: the table costs more than it saves.
+TABLE_ROWS = 2048
+#: Largest lookup table (entries); a tree with more combinations of classes runs as it is.
+TABLE_ENTRIES = 1 << 16
+#: From this many rows a plan scores a call in :attr:`Plan.threads` parts side by side.
+PARALLEL_ROWS = 50_000
+
+
+def _effective_threads() -> int:
+    from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
+
+    return int(_openmp_effective_n_threads())
 
 
 class _Unsupported(Exception):
@@ -194,8 +209,15 @@ class _Prep:
     def sources(self) -> list[str]:
         return [s for b in self.blocks for s in b.sources]
 
-    def transform(self, X: pd.DataFrame) -> np.ndarray:
-        return np.ascontiguousarray(np.hstack([b.transform(X) for b in self.blocks]))
+    def transform(self, X: pd.DataFrame, order: Literal["C", "F"] = "C") -> np.ndarray:
+        """The transformed columns, in C order or (for the trees' column-wise binning) Fortran order."""
+        parts = [b.transform(X) for b in self.blocks]
+        out = np.empty((len(X), sum(p.shape[1] for p in parts)), dtype=np.float64, order=order)
+        start = 0
+        for p in parts:
+            out[:, start:start + p.shape[1]] = p
+            start += p.shape[1]
+        return out
 
 
 # -- estimators ---------------------------------------------------------------------------------
@@ -225,6 +247,62 @@ class _Logistic:
 
 
 @dataclass
+class _Table:
+    """One tree as a lookup table over its split classes, evaluated with array lookups only.
+
+    Every split of a tree compares one column's bin with a threshold. A column's thresholds
+    in the tree cut its bins into classes, and rows whose bins fall into the same class
+    on every column the tree reads take the same path to the same leaf. The table holds,
+    for each combination of classes, the value ``predict_binned`` gives on a row made of
+    each class's lowest bin; a row's value is ``table[sum of class * stride]``, the same
+    number bit for bit. Missing-value bins are not covered (the split sends them by its
+    own rule): columns that hold one are read by ``predict_binned``.
+
+    ``predict_binned`` walks each row down the tree, and its branches cannot be
+    predicted; the lookups have no branches and cost about half as much.
+    """
+
+    features: np.ndarray      # the columns the tree splits on
+    classes: list[np.ndarray]  # per column, bin -> class * stride (uint16, one entry per bin value)
+    table: np.ndarray         # leaf values by combined code
+
+    @classmethod
+    def build(cls, pred: Any, n_columns: int, missing_bin: int) -> _Table | None:
+        """The table of ``pred`` (a TreePredictor), or None when it would exceed :data:`TABLE_ENTRIES`."""
+        nodes = pred.nodes
+        inner = ~nodes["is_leaf"].astype(bool)
+        if np.any(nodes["is_categorical"][inner]):
+            return None
+        features = np.unique(nodes["feature_idx"][inner]).astype(np.intp)
+        cuts = [np.unique(nodes["bin_threshold"][inner & (nodes["feature_idx"] == f)]).astype(np.int64)
+                for f in features]
+        size = int(np.prod([len(c) + 1 for c in cuts], dtype=np.float64))
+        if size > TABLE_ENTRIES:
+            return None
+        bins = np.arange(256)
+        code = np.arange(size)
+        rows = np.zeros((size, n_columns), dtype=np.uint8, order="F")
+        classes = []
+        stride = 1
+        for f, c in zip(features, cuts, strict=True):
+            # The class of a bin is the number of thresholds below it; its lowest bin is the
+            # threshold below plus one.
+            classes.append((np.searchsorted(c, bins, side="left") * stride).astype(np.uint16))
+            lowest = np.concatenate([[0], c + 1])
+            rows[:, f] = lowest[(code // stride) % (len(c) + 1)]
+            stride *= len(c) + 1
+        return cls(features, classes, pred.predict_binned(rows, missing_bin, 1))
+
+    def values(self, B: np.ndarray) -> np.ndarray:
+        if not len(self.features):
+            return np.full(len(B), self.table[0])
+        code = self.classes[0].take(B[:, self.features[0]])
+        for f, c in zip(self.features[1:], self.classes[1:], strict=True):
+            code += c.take(B[:, f])
+        return self.table.take(code)
+
+
+@dataclass
 class _Boosting:
     model: Any
     trees: list[tuple[int, Any]] = field(default_factory=list)   # (class column, predictor), in sklearn order
@@ -247,15 +325,39 @@ class _Boosting:
         self.missing_bin = mapper.missing_values_bin_idx_
         self.pruned: dict[tuple[int, ...], list[tuple[int, Any]]] = {}
         self.reading: dict[tuple[int, ...], set[int]] = {}
+        #: Lookup tables by ``id`` of the predictor (None: the tree runs as it is); built on first use.
+        self.tables: dict[int, _Table | None] = {}
 
-    def binned(self, T: np.ndarray) -> np.ndarray:
+    def binned(self, T: np.ndarray, threads: int | None = None) -> np.ndarray:
         """The bins of ``T`` (Fortran order), as the model's bin mapper assigns them."""
         from sklearn.ensemble._hist_gradient_boosting._binning import _map_to_bins
 
         B = np.empty(T.shape, dtype=np.uint8, order="F")
         _map_to_bins(np.asarray(T, dtype=np.float64), self.thresholds, np.zeros(T.shape[1], dtype=np.uint8),
-                     self.missing_bin, self.threads, B)
+                     self.missing_bin, threads or self.threads, B)
         return B
+
+    def values(self, preds: Sequence[Any], B: np.ndarray, threads: int | None = None) -> Iterator[np.ndarray]:
+        """Each tree's values on the binned rows ``B``, in the order of ``preds``.
+
+        Equal bit for bit to ``pred.predict_binned``; from :data:`TABLE_ROWS` rows on, through
+        the trees' lookup tables wherever the columns they read hold no missing-value bin.
+        """
+        threads = threads or self.threads
+        if len(B) < TABLE_ROWS:
+            for pred in preds:
+                yield pred.predict_binned(B, self.missing_bin, threads)
+            return
+        missing = set(np.flatnonzero(B.max(axis=0) >= self.missing_bin).tolist())
+        for pred in preds:
+            key = id(pred)
+            if key not in self.tables:
+                self.tables[key] = _Table.build(pred, B.shape[1], self.missing_bin)
+            table = self.tables[key]
+            if table is None or (missing and not missing.isdisjoint(table.features.tolist())):
+                yield pred.predict_binned(B, self.missing_bin, threads)
+            else:
+                yield table.values(B)
 
     def prepare(self, ref: np.ndarray) -> None:
         self.ref_bins = self.binned(ref[None, :])[0]
@@ -277,15 +379,20 @@ class _Boosting:
                                 for t in sorted(self.trees_reading(key))]
         return self.pruned[key]
 
-    def output(self, T: np.ndarray) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
-        """Raw predictions (summed in sklearn's order), each tree's values, and the binned input."""
-        B = self.binned(T)
-        values = [pred.predict_binned(B, self.missing_bin, self.threads) for _, pred in self.trees]
-        return self.raw(values), values, B
+    def output(self, T: np.ndarray, threads: int | None = None,
+               keep: bool = True) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+        """Raw predictions (summed in sklearn's order), each tree's values (empty unless ``keep``),
+        and the binned input."""
+        B = self.binned(T, threads)
+        values = self.values([pred for _, pred in self.trees], B, threads)
+        if keep:
+            kept = list(values)
+            return self.raw(kept, len(B)), kept, B
+        return self.raw(values, len(B)), [], B
 
-    def raw(self, values: list[np.ndarray]) -> np.ndarray:
+    def raw(self, values: Iterable[np.ndarray], n: int) -> np.ndarray:
         """The raw predictions from each tree's values: the baseline plus the trees, in sklearn's order."""
-        raw = np.zeros((len(values[0]), self.model.n_trees_per_iteration_), dtype=np.float64, order="F")
+        raw = np.zeros((n, self.model.n_trees_per_iteration_), dtype=np.float64, order="F")
         raw += self.model._baseline_prediction
         for (k, _), v in zip(self.trees, values, strict=True):
             raw[:, k] += v
@@ -294,7 +401,8 @@ class _Boosting:
     def proba(self, raw: np.ndarray) -> np.ndarray:
         return self.model._loss.predict_proba(raw)
 
-    def deltas(self, B: np.ndarray, values: list[np.ndarray], cols: list[np.ndarray]) -> list[np.ndarray | None]:
+    def deltas(self, B: np.ndarray, values: list[np.ndarray], cols: list[np.ndarray],
+               threads: int | None = None) -> list[np.ndarray | None]:
         """Per group, the change of the raw predictions when the group is set to the reference.
 
         Each tree's change is its value on the customer with the group at the reference
@@ -305,6 +413,7 @@ class _Boosting:
         same sums, bit for bit.
         """
         K = self.model.n_trees_per_iteration_
+        threads = threads or self.threads
         keys = [tuple(int(i) for i in c) for c in cols]
         live = [g for g, key in enumerate(keys) if self.pruned_trees(key)]
         tree_values: dict[int, list[np.ndarray]] = {}
@@ -313,7 +422,7 @@ class _Boosting:
             for j, g in enumerate(live):
                 copies[j][:, list(keys[g])] = self.ref_bins[list(keys[g])]
             flat = copies.reshape(-1, B.shape[1])
-            every = [pred.predict_binned(flat, self.missing_bin, self.threads).reshape(len(live), len(B))
+            every = [pred.predict_binned(flat, self.missing_bin, threads).reshape(len(live), len(B))
                      for _, pred in self.trees]
             for j, g in enumerate(live):
                 tree_values[g] = [every[t][j] for t, _ in self.pruned_trees(keys[g])]
@@ -324,9 +433,9 @@ class _Boosting:
                 out.append(None)
                 continue
             delta = np.zeros((len(B), K))
-            for i, (t, pred) in enumerate(pruned):
-                moved = (tree_values[g][i] if g in tree_values
-                         else pred.predict_binned(B, self.missing_bin, self.threads))
+            moves = (iter(tree_values[g]) if g in tree_values
+                     else self.values([pred for _, pred in pruned], B, threads))
+            for (t, _), moved in zip(pruned, moves, strict=True):
                 delta[:, self.trees[t][0]] += moved - values[t]
             out.append(delta)
         return out
@@ -377,7 +486,10 @@ def _member(step: Any) -> tuple[_Prep, Any]:
 class Plan:
     """A fitted pipeline laid out for column-wise scoring and occlusion (see the module docstring).
 
-    Build it with :func:`compile_plan`; it keeps no state between calls.
+    Build it with :func:`compile_plan`; between calls it keeps only what it builds once
+    (pruned trees, lookup tables). From :data:`PARALLEL_ROWS` customers on, a call is
+    split into :attr:`threads` consecutive parts scored side by side (customers are
+    scored independently, so the parts give the rows the whole would).
     """
 
     pipeline: Any
@@ -390,6 +502,8 @@ class Plan:
     reference: pd.DataFrame
     member_cols: list[list[np.ndarray]] = field(default_factory=list)
     member_refs: list[np.ndarray] = field(default_factory=list)
+    #: Threads per call (see :meth:`set_threads`).
+    threads: int = field(default_factory=_effective_threads)
 
     def prepare_reasons(self) -> None:
         """Build now what the first scoring with reasons would build (the pruned trees)."""
@@ -399,7 +513,8 @@ class Plan:
                     est.pruned_trees(tuple(int(i) for i in c))
 
     def set_threads(self, threads: int) -> None:
-        """Threads of the gradient-boosting passes (1 where calls already run side by side)."""
+        """Threads per call (1 where calls already run side by side)."""
+        self.threads = max(1, int(threads))
         for _, est in self.members:
             if isinstance(est, _Boosting):
                 est.threads = max(1, int(threads))
@@ -424,18 +539,36 @@ class Plan:
             return aligned
         return _shifted(_cumulative(aligned), self.decision.shifts_)
 
-    def _outputs(self, X: pd.DataFrame) -> list[tuple[Any, Any]]:
+    def _outputs(self, X: pd.DataFrame, threads: int | None = None, keep: bool = True) -> list[tuple[Any, Any]]:
         Xb = self._transformed(X)
         out = []
         for prep, est in self.members:
-            T = prep.transform(Xb)
-            out.append((T, est.output(T)))
+            if isinstance(est, _Boosting):
+                T = prep.transform(Xb, order="F")
+                out.append((T, est.output(T, threads, keep)))
+            else:
+                T = prep.transform(Xb)
+                out.append((T, est.output(T)))
         return out
+
+    def _in_parts(self, X: pd.DataFrame, fn: Any) -> list[Any]:
+        """``fn(part, threads)`` over consecutive parts of ``X``: one part, or one per thread side by side."""
+        n = len(X)
+        parts = self.threads if n >= PARALLEL_ROWS else 1
+        if parts <= 1:
+            return [fn(X, self.threads)]
+        bounds = np.linspace(0, n, parts + 1).astype(int)
+        with ThreadPoolExecutor(parts) as pool:
+            return list(pool.map(lambda ab: fn(X.iloc[ab[0]:ab[1]], 1),
+                                 zip(bounds[:-1], bounds[1:], strict=True)))
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         """Probabilities of the pipeline (``pipeline.classes_`` order); equal to ``pipeline.predict_proba``."""
+        return np.vstack(self._in_parts(X, self._predict_proba))
+
+    def _predict_proba(self, X: pd.DataFrame, threads: int) -> np.ndarray:
         return self._combine([self._member_proba(est, o) for (_, est), (_, o) in
-                              zip(self.members, self._outputs(X), strict=True)])
+                              zip(self.members, self._outputs(X, threads, keep=False), strict=True)])
 
     @staticmethod
     def _member_proba(est: Any, output: Any) -> np.ndarray:
@@ -445,10 +578,15 @@ class Plan:
         """Probabilities (``pipeline.classes_`` order) and occlusion effects (customers x groups).
 
         The effect is the drop of the probability of the class ``choose(proba)``
-        picks for each customer (default: the most probable one).
+        picks for each customer (default: the most probable one; ``choose`` maps rows
+        of probabilities to their class, row by row).
         """
+        parts = self._in_parts(X, lambda part, threads: self._scores(part, choose, threads))
+        return np.vstack([p for p, _ in parts]), np.vstack([e for _, e in parts])
+
+    def _scores(self, X: pd.DataFrame, choose: Any, threads: int) -> tuple[np.ndarray, np.ndarray]:
         n = len(X)
-        outputs = self._outputs(X)
+        outputs = self._outputs(X, threads)
         proba = self._combine([self._member_proba(est, o) for (_, est), (_, o) in
                                zip(self.members, outputs, strict=True)])
         pred = np.argmax(proba, axis=1) if choose is None else choose(proba)
@@ -459,7 +597,7 @@ class Plan:
                                                  strict=True):
             if isinstance(est, _Boosting):
                 raw, values, B = out
-                deltas.append([_blocks(est.deltas, B, values, cols)])
+                deltas.append([_blocks(functools.partial(est.deltas, threads=threads), B, values, cols)])
             else:
                 deltas.append([est.deltas(T, ref, cols)])
         for g in range(len(self.groups)):
@@ -514,9 +652,9 @@ class Shuffler:
                 moved = B.copy(order="F")
                 moved[:, c] = B[np.ix_(perm, c)]
                 reading = est.trees_reading(tuple(int(i) for i in c))
-                probas.append(est.proba(est.raw([
+                probas.append(est.proba(est.raw((
                     pred.predict_binned(moved, est.missing_bin, est.threads) if t in reading else values[t]
-                    for t, (_, pred) in enumerate(est.trees)])))
+                    for t, (_, pred) in enumerate(est.trees)), len(B))))
             else:
                 Tp = T.copy()
                 Tp[:, c] = T[np.ix_(perm, c)]

@@ -215,9 +215,11 @@ def score_frame(model: Model, features: pd.DataFrame, with_reasons: bool = True)
         proba = proba_in_tier_order(model.pipeline, X, raw)
     else:
         proba = proba_in_tier_order(model.pipeline, X)
+    ids = features["customer_id"].astype(str).array
+    # Tiers taken from an array of the ids' string type: no per-row conversion of Python strings.
     out = pd.DataFrame({
-        "customer_id": features["customer_id"].astype(str).to_numpy(),
-        "tier": np.asarray(TIERS, dtype=object)[np.argmax(proba, axis=1)],
+        "customer_id": ids,
+        "tier": pd.array(list(TIERS), dtype=ids.dtype).take(np.argmax(proba, axis=1)),
         "p_low": proba[:, 0], "p_medium": proba[:, 1], "p_high": proba[:, 2],
     })
     if with_reasons:
