@@ -240,3 +240,35 @@ def test_lookup_table_values_equal_the_tree_with_missing_bins_and_large_trees() 
     assert any(t is None for t in tables), "no tree exceeded the table size; the fallback went untested"
     assert any(t is not None and len(t.table) > 1 for t in tables)
     assert all(t is None or len(t.table) <= TABLE_ENTRIES for t in tables)
+
+
+def test_bins_from_the_trees_thresholds_send_every_row_where_the_bin_mapper_does() -> None:
+    """Many rows are binned over the thresholds the trees use only: every tree gives the values it
+    gives on the bin mapper's bins, including values equal to a threshold and missing values."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from clvtier.occlusion import TABLE_ROWS, _Boosting
+
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(3000, 5))
+    X[rng.random(X.shape) < 0.1] = np.nan
+    y = (np.nan_to_num(X[:, 0]) - np.nan_to_num(X[:, 1]) > 0).astype(int) + (np.nan_to_num(X[:, 2]) > 0.5)
+    model = HistGradientBoostingClassifier(max_iter=10, max_leaf_nodes=15, max_bins=63,
+                                           random_state=0).fit(X, y)
+    est = _Boosting(model)
+    T = rng.normal(size=(max(TABLE_ROWS, 5000), 5)) * 1.5
+    T[rng.random(T.shape) < 0.1] = np.nan
+    for f in range(5):  # values exactly on thresholds, and just above them
+        rows = rng.integers(0, len(T), size=200)
+        picks = rng.choice(est.thresholds[f], size=200)
+        T[rows[:100], f] = picks[:100]
+        T[rows[100:], f] = np.nextafter(picks[100:], np.inf)
+    T = np.asfortranarray(T)
+    fast = est.binned(T, threads=1)
+    exact = model._bin_mapper.transform(T)
+    assert not np.array_equal(fast, exact), "the bins should differ where the trees use fewer thresholds"
+    for _, pred in est.trees:
+        np.testing.assert_array_equal(pred.predict_binned(fast, est.missing_bin, 1),
+                                      pred.predict_binned(exact, est.missing_bin, 1))
+    raw, _, _ = est.output(T, threads=1, keep=False)
+    np.testing.assert_array_equal(est.proba(raw), model.predict_proba(T))

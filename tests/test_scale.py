@@ -11,6 +11,7 @@ import json
 import math
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import ibis
 import numpy as np
@@ -268,6 +269,32 @@ def test_streamed_csv_equals_write_scores(model: Model, ds: Dataset, tmp_path: P
     read = lambda name: pd.read_csv(tmp_path / name, dtype={"customer_id": str}, keep_default_na=False)  # noqa: E731
     _assert_same_scores(read("streamed.csv"), read("memory.csv"), exact=False)
     assert read("streamed.csv").columns[0] == "customer_id"  # one header
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_a_failure_mid_stream_leaves_no_output(model: Model, ds: Dataset, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch, suffix: str) -> None:
+    """Chunks are read and written in threads next to the scoring: an error in the third chunk
+    still propagates, and neither the output nor a temporary file is left behind."""
+    import importlib
+
+    predict_mod = importlib.import_module("clvtier.predict")
+    calls = []
+    real = predict_mod.score_frame
+
+    def failing(*args: Any, **kwargs: Any) -> pd.DataFrame:
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("scoring failed on the third chunk")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(predict_mod, "score_frame", failing)
+    out = tmp_path / "out" / f"scores{suffix}"
+    out.parent.mkdir()
+    with pytest.raises(RuntimeError, match="third chunk"):
+        score_to_file(model, ds, out, chunk_size=7, with_reasons=False)
+    assert len(calls) == 3
+    assert list(out.parent.iterdir()) == []
 
 
 def test_streaming_writes_nothing_on_bad_output(model: Model, ds: Dataset, tmp_path: Path) -> None:

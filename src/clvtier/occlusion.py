@@ -327,14 +327,49 @@ class _Boosting:
         self.reading: dict[tuple[int, ...], set[int]] = {}
         #: Lookup tables by ``id`` of the predictor (None: the tree runs as it is); built on first use.
         self.tables: dict[int, _Table | None] = {}
+        # Per column the trees split on: the values of the bin thresholds they use, and the
+        # lowest bin above each (see :meth:`binned`). Pruned trees keep a subset of these splits.
+        used: dict[int, set[int]] = {}
+        for _, pred in self.trees:
+            inner = ~pred.nodes["is_leaf"].astype(bool)
+            for f, b in zip(pred.nodes["feature_idx"][inner], pred.nodes["bin_threshold"][inner], strict=True):
+                used.setdefault(int(f), set()).add(int(b))
+        # A split on the last bin sends every value left (and missing values right): its
+        # threshold is +inf.
+        self.cuts = [(f, np.append(np.asarray(self.thresholds[f], dtype=np.float64), np.inf)[
+                         np.minimum(sorted(bs), len(self.thresholds[f]))],
+                      np.asarray([0, *(b + 1 for b in sorted(bs))], dtype=np.uint8))
+                     for f, bs in sorted(used.items())]
 
     def binned(self, T: np.ndarray, threads: int | None = None) -> np.ndarray:
-        """The bins of ``T`` (Fortran order), as the model's bin mapper assigns them."""
+        """Bins of ``T`` (Fortran order) that send every row down the same branch of every split.
+
+        Few rows: the bins the model's bin mapper assigns. Many: for each column the trees
+        read, the lowest bin above the highest threshold the trees use that the value
+        exceeds (0 when none), counted over those thresholds only; the bin mapper's
+        binary search over every threshold costs several times more. A split on
+        threshold bin ``u`` sends a value left exactly when ``x <= threshold[u]``, in
+        both. Missing values get the missing-value bin; columns no tree reads, bin 0.
+        """
         from sklearn.ensemble._hist_gradient_boosting._binning import _map_to_bins
 
-        B = np.empty(T.shape, dtype=np.uint8, order="F")
-        _map_to_bins(np.asarray(T, dtype=np.float64), self.thresholds, np.zeros(T.shape[1], dtype=np.uint8),
-                     self.missing_bin, threads or self.threads, B)
+        if len(T) < TABLE_ROWS:
+            B = np.empty(T.shape, dtype=np.uint8, order="F")
+            _map_to_bins(np.asarray(T, dtype=np.float64), self.thresholds, np.zeros(T.shape[1], dtype=np.uint8),
+                         self.missing_bin, threads or self.threads, B)
+            return B
+        B = np.zeros(T.shape, dtype=np.uint8, order="F")
+        above = np.empty(len(T), dtype=bool)
+        count = np.empty(len(T), dtype=np.uint8)
+        for f, values, lowest in self.cuts:
+            x = np.ascontiguousarray(T[:, f], dtype=np.float64)
+            count.fill(0)
+            for v in values:
+                np.greater(x, v, out=above)
+                count += above
+            column = lowest.take(count)
+            column[np.isnan(x)] = self.missing_bin
+            B[:, f] = column
         return B
 
     def values(self, preds: Sequence[Any], B: np.ndarray, threads: int | None = None) -> Iterator[np.ndarray]:

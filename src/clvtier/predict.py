@@ -11,6 +11,7 @@ import functools
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -365,9 +366,30 @@ def score_to_file(model: Model, data: Any, out: str | Path, as_of: dt.date | Non
         with atomic_path(out) as tmp:
             writer: Any = None
             csv_file = open(tmp, "w", encoding="utf-8", newline="") if suffix == ".csv" else None  # noqa: SIM115
+
+            def read(batches: Any) -> pd.DataFrame | None:
+                batch = next(batches, None)
+                return None if batch is None else batch.to_pandas()
+
+            def write(scores: pd.DataFrame, first: bool) -> None:
+                nonlocal writer
+                if csv_file is not None:
+                    safe_csv_frame(scores).to_csv(csv_file, header=first, index=False)
+                    return
+                table = pa.Table.from_pandas(scores, preserve_index=False)
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema)
+                writer.write_table(table.cast(writer.schema))
+
+            # The next chunk is read and the last one written in two threads while this one is
+            # scored (Arrow decodes and encodes outside the interpreter lock); one of each at a time.
+            batches = (b for src in sources for b in src.iter_batches(batch_size=chunk_size))
+            reader, io = ThreadPoolExecutor(1), ThreadPoolExecutor(1)
+            written: Future[None] | None = None
             try:
-                for batch in (b for src in sources for b in src.iter_batches(batch_size=chunk_size)):
-                    frame = batch.to_pandas()
+                upcoming = reader.submit(read, batches)
+                while (frame := upcoming.result()) is not None:
+                    upcoming = reader.submit(read, batches)
                     frame["customer_id"] = frame["customer_id"].astype(str)
                     ids = frame["customer_id"].to_numpy()
                     # The features are sorted by customer (and the passes are consecutive ranges of
@@ -377,19 +399,19 @@ def score_to_file(model: Model, data: Any, out: str | Path, as_of: dt.date | Non
                                          "This is a bug; report it with the data's shape.")
                     previous = ids[-1]
                     scores = score_frame(model, frame, with_reasons=with_reasons)
-                    if csv_file is not None:
-                        safe_csv_frame(scores).to_csv(csv_file, header=n_out == 0, index=False)
-                    else:
-                        table = pa.Table.from_pandas(scores, preserve_index=False)
-                        if writer is None:
-                            writer = pq.ParquetWriter(tmp, table.schema)
-                        writer.write_table(table.cast(writer.schema))
+                    if written is not None:
+                        written.result()
+                    written = io.submit(write, scores, n_out == 0)
                     n_out += len(scores)
                     for tier, count in scores["tier"].value_counts().items():
                         tiers[str(tier)] += int(count)
                     if progress is not None:
                         progress(n_out, n_in)
+                if written is not None:
+                    written.result()
             finally:
+                reader.shutdown(wait=True, cancel_futures=True)
+                io.shutdown(wait=True)
                 if writer is not None:
                     writer.close()
                 if csv_file is not None:
