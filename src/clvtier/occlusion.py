@@ -113,21 +113,37 @@ class _NumericBlock:
         """The input column behind each output column."""
         return [self.columns[i] for i in self.keep] + [self.columns[i] for i in self.indicate]
 
+    @property
+    def width(self) -> int:
+        return len(self.keep) + len(self.indicate)
+
     def transform(self, X: pd.DataFrame) -> np.ndarray:
-        V = np.asarray(X[self.columns].to_numpy(dtype=np.float64))
-        values = V[:, self.keep]
-        values = np.where(np.isnan(values), self.fill, values)
-        if len(self.indicate):
-            values = np.hstack([values, np.isnan(V[:, self.indicate])])
-        for kind, step in self.steps:
-            if kind == "log":
-                values = signed_log1p(values)
+        out = np.empty((len(X), self.width), dtype=np.float64)
+        self.transform_into(X, out)
+        return out
+
+    def transform_into(self, X: pd.DataFrame, out: np.ndarray) -> None:
+        """Write the block's output columns into ``out`` (rows x :attr:`width`), one column at a time.
+
+        Every step works element by element, so a column gives the numbers the steps give
+        on the whole block.
+        """
+        for j, i in enumerate([*self.keep, *self.indicate]):
+            x = np.asarray(X[self.columns[i]].to_numpy(dtype=np.float64))
+            missing = np.isnan(x)
+            if j < len(self.keep):
+                v = np.where(missing, self.fill[j], x) if missing.any() else x
             else:
-                if step.with_mean:
-                    values = values - step.mean_
-                if step.with_std:
-                    values = values / step.scale_
-        return values
+                v = missing.astype(np.float64)
+            for kind, step in self.steps:
+                if kind == "log":
+                    v = signed_log1p(v)
+                else:
+                    if step.with_mean:
+                        v = v - step.mean_[j]
+                    if step.with_std:
+                        v = v / step.scale_[j]
+            out[:, j] = v
 
 
 @dataclass
@@ -211,12 +227,17 @@ class _Prep:
 
     def transform(self, X: pd.DataFrame, order: Literal["C", "F"] = "C") -> np.ndarray:
         """The transformed columns, in C order or (for the trees' column-wise binning) Fortran order."""
-        parts = [b.transform(X) for b in self.blocks]
-        out = np.empty((len(X), sum(p.shape[1] for p in parts)), dtype=np.float64, order=order)
+        parts = [b if isinstance(b, _NumericBlock) else b.transform(X) for b in self.blocks]
+        out = np.empty((len(X), sum(p.width if isinstance(p, _NumericBlock) else p.shape[1] for p in parts)),
+                       dtype=np.float64, order=order)
         start = 0
         for p in parts:
-            out[:, start:start + p.shape[1]] = p
-            start += p.shape[1]
+            if isinstance(p, _NumericBlock):
+                p.transform_into(X, out[:, start:start + p.width])
+                start += p.width
+            else:
+                out[:, start:start + p.shape[1]] = p
+                start += p.shape[1]
         return out
 
 
