@@ -232,10 +232,14 @@ def test_features_built_in_id_ranges_equal_one_pass(model: Model, ds: Dataset, t
     monkeypatch.setattr(features_mod, "PASS_ROWS", -(-rows // passes))
     assert len(features_mod.pass_ranges(ds)) == passes
     pd.testing.assert_frame_equal(build_features(ds, "2024-01-01").frame, one_pass, check_exact=True)
-    summary = score_to_file(model, ds, tmp_path / "ranges.parquet", chunk_size=250_000)
+    seen: list[int] = []
+    summary = score_to_file(model, ds, tmp_path / "ranges.parquet", chunk_size=13,
+                            progress=lambda done, total: seen.append(done))
     want = pd.read_parquet(tmp_path / "memory.parquet")
     got = pd.read_parquet(tmp_path / "ranges.parquet")
     assert summary.n_in == summary.n_out == len(want)
+    # Chunks run across the files of the ranges: every chunk but the last is full.
+    assert seen == [*range(13, len(want), 13), len(want)]
     _assert_same_scores(got, want, exact=False)
 
 

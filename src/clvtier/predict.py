@@ -10,7 +10,7 @@ import datetime as dt
 import functools
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -270,6 +270,29 @@ def write_scores(scores: pd.DataFrame, out: str | Path) -> Path:
     return out
 
 
+def _chunks(sources: Sequence[Any], size: int) -> Iterator[Any]:
+    """Arrow tables of ``size`` rows (the last one shorter) read in order across the Parquet files ``sources``.
+
+    A chunk may span two files (the features of consecutive ranges of customer ids), so every
+    chunk but the last is full and large enough to be scored in parts side by side.
+    """
+    import pyarrow as pa
+
+    pending: list[Any] = []
+    rows = 0
+    for src in sources:
+        for batch in src.iter_batches(batch_size=size):
+            pending.append(batch)
+            rows += batch.num_rows
+            while rows >= size:
+                table = pa.Table.from_batches(pending)
+                yield table.slice(0, size)
+                rest = table.slice(size)
+                pending, rows = rest.to_batches(), rest.num_rows
+    if rows:
+        yield pa.Table.from_batches(pending)
+
+
 @dataclass
 class ScoreSummary:
     """What :func:`score_to_file` wrote.
@@ -367,9 +390,9 @@ def score_to_file(model: Model, data: Any, out: str | Path, as_of: dt.date | Non
             writer: Any = None
             csv_file = open(tmp, "w", encoding="utf-8", newline="") if suffix == ".csv" else None  # noqa: SIM115
 
-            def read(batches: Any) -> pd.DataFrame | None:
-                batch = next(batches, None)
-                return None if batch is None else batch.to_pandas()
+            def read(chunks: Any) -> pd.DataFrame | None:
+                chunk = next(chunks, None)
+                return None if chunk is None else chunk.to_pandas()
 
             def write(scores: pd.DataFrame, first: bool) -> None:
                 nonlocal writer
@@ -383,13 +406,13 @@ def score_to_file(model: Model, data: Any, out: str | Path, as_of: dt.date | Non
 
             # The next chunk is read and the last one written in two threads while this one is
             # scored (Arrow decodes and encodes outside the interpreter lock); one of each at a time.
-            batches = (b for src in sources for b in src.iter_batches(batch_size=chunk_size))
+            chunks = _chunks(sources, chunk_size)
             reader, io = ThreadPoolExecutor(1), ThreadPoolExecutor(1)
             written: Future[None] | None = None
             try:
-                upcoming = reader.submit(read, batches)
+                upcoming = reader.submit(read, chunks)
                 while (frame := upcoming.result()) is not None:
-                    upcoming = reader.submit(read, batches)
+                    upcoming = reader.submit(read, chunks)
                     frame["customer_id"] = frame["customer_id"].astype(str)
                     ids = frame["customer_id"].to_numpy()
                     # The features are sorted by customer (and the passes are consecutive ranges of
