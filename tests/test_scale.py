@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 from clvtier import clv
 from clvtier.cli import app
+from clvtier.errors import InputError
 from clvtier.features import build_features, learn_spec, spend_summary_expr
 from clvtier.generate import generate
 from clvtier.ingest import connect
@@ -299,6 +300,29 @@ def test_a_failure_mid_stream_leaves_no_output(model: Model, ds: Dataset, tmp_pa
         score_to_file(model, ds, out, chunk_size=7, with_reasons=False)
     assert len(calls) == 3
     assert list(out.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize("chunk_size", [5, 6, 1000], ids=["within-chunk", "across-chunks", "one-chunk"])
+def test_a_customer_twice_in_the_features_stops_scoring(model: Model, ds: Dataset, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch, chunk_size: int) -> None:
+    """The streamed features must hold each customer once; a repeat (next to itself, since they are
+    sorted) is found within a chunk or across two, and nothing is written."""
+    import importlib
+
+    predict_mod = importlib.import_module("clvtier.predict")
+    frame = build_features(ds, ds.last_date + dt.timedelta(days=1), model.spec).frame
+    doubled = pd.concat([frame.iloc[:6], frame.iloc[5:]], ignore_index=True)  # rows 5 and 6: one customer
+    path = tmp_path / "features.parquet"
+    doubled.to_parquet(path, index=False)
+    monkeypatch.setattr(predict_mod, "write_feature_parts", lambda data, spec, as_of, work: [path])
+    out = tmp_path / "out" / "scores.parquet"
+    out.parent.mkdir()
+    with pytest.raises(InputError, match="a customer twice"):
+        score_to_file(model, ds, out, chunk_size=chunk_size, with_reasons=False)
+    assert list(out.parent.iterdir()) == []
+    path.unlink()
+    frame.to_parquet(path, index=False)
+    assert score_to_file(model, ds, out, chunk_size=chunk_size, with_reasons=False).n_out == len(frame)
 
 
 def test_streaming_writes_nothing_on_bad_output(model: Model, ds: Dataset, tmp_path: Path) -> None:

@@ -254,6 +254,12 @@ def predict(model: Model, data: Any, as_of: dt.date | None = None, with_reasons:
     return scores
 
 
+def _label_columns(scores: pd.DataFrame) -> list[str]:
+    """The columns of a scores frame that hold a few labels (tiers, reasons), dictionary-encoded in
+    Parquet; ids and probabilities are not (trying costs more than half of writing them)."""
+    return [c for c in scores.columns if c == "tier" or (c.startswith("reason_") and not c.endswith("_effect"))]
+
+
 def write_scores(scores: pd.DataFrame, out: str | Path) -> Path:
     """Write scores atomically as CSV (text fields guarded against spreadsheet formulas) or Parquet."""
     from clvtier.persist import atomic_path
@@ -264,7 +270,7 @@ def write_scores(scores: pd.DataFrame, out: str | Path) -> Path:
         raise InputError(f"{out}: unknown output format.", "Name the output file .csv or .parquet.")
     with atomic_path(out) as tmp:
         if suffix == ".parquet":
-            scores.to_parquet(tmp, index=False)
+            scores.to_parquet(tmp, index=False, use_dictionary=_label_columns(scores))
         else:
             safe_csv_frame(scores).to_csv(tmp, index=False)
     return out
@@ -363,6 +369,7 @@ def score_to_file(model: Model, data: Any, out: str | Path, as_of: dt.date | Non
     ScoreSummary
     """
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     from clvtier.persist import atomic_path
@@ -390,9 +397,16 @@ def score_to_file(model: Model, data: Any, out: str | Path, as_of: dt.date | Non
             writer: Any = None
             csv_file = open(tmp, "w", encoding="utf-8", newline="") if suffix == ".csv" else None  # noqa: SIM115
 
-            def read(chunks: Any) -> pd.DataFrame | None:
+            def read(chunks: Any) -> tuple[pd.DataFrame, str, str, bool] | None:
+                """The next chunk, its first and last customer, and whether a customer follows itself."""
                 chunk = next(chunks, None)
-                return None if chunk is None else chunk.to_pandas()
+                if chunk is None:
+                    return None
+                ids = pc.cast(chunk.column("customer_id"), pa.string())
+                repeated = len(ids) > 1 and pc.any(pc.equal(ids[1:], ids[:-1])).as_py()
+                frame = chunk.to_pandas()
+                frame["customer_id"] = frame["customer_id"].astype(str)
+                return frame, ids[0].as_py(), ids[-1].as_py(), bool(repeated)
 
             def write(scores: pd.DataFrame, first: bool) -> None:
                 nonlocal writer
@@ -401,7 +415,7 @@ def score_to_file(model: Model, data: Any, out: str | Path, as_of: dt.date | Non
                     return
                 table = pa.Table.from_pandas(scores, preserve_index=False)
                 if writer is None:
-                    writer = pq.ParquetWriter(tmp, table.schema)
+                    writer = pq.ParquetWriter(tmp, table.schema, use_dictionary=_label_columns(scores))
                 writer.write_table(table.cast(writer.schema))
 
             # The next chunk is read and the last one written in two threads while this one is
@@ -411,16 +425,15 @@ def score_to_file(model: Model, data: Any, out: str | Path, as_of: dt.date | Non
             written: Future[None] | None = None
             try:
                 upcoming = reader.submit(read, chunks)
-                while (frame := upcoming.result()) is not None:
+                while (got := upcoming.result()) is not None:
                     upcoming = reader.submit(read, chunks)
-                    frame["customer_id"] = frame["customer_id"].astype(str)
-                    ids = frame["customer_id"].to_numpy()
+                    frame, first, last, repeated = got
                     # The features are sorted by customer (and the passes are consecutive ranges of
                     # ids): a repeated customer would sit next to itself.
-                    if (ids[1:] == ids[:-1]).any() or (previous is not None and ids[0] == previous):
+                    if repeated or first == previous:
                         raise InputError("the features hold a customer twice.",
                                          "This is a bug; report it with the data's shape.")
-                    previous = ids[-1]
+                    previous = last
                     scores = score_frame(model, frame, with_reasons=with_reasons)
                     if written is not None:
                         written.result()
