@@ -61,6 +61,8 @@ SMALL_ROWS = 256
 TABLE_ROWS = 2048
 #: Largest lookup table (entries); a tree with more combinations of classes runs as it is.
 TABLE_ENTRIES = 1 << 16
+#: Up to this many thresholds on a column, a tree's table code counts them by comparisons.
+COMPARE_CUTS = 4
 #: From this many rows a plan scores a call in :attr:`Plan.threads` parts side by side.
 PARALLEL_ROWS = 50_000
 
@@ -280,12 +282,16 @@ class _Table:
     own rule): columns that hold one are read by ``predict_binned``.
 
     ``predict_binned`` walks each row down the tree, and its branches cannot be
-    predicted; the lookups have no branches and cost about half as much.
+    predicted; this has no branches. A column with few thresholds in the tree adds
+    ``stride`` for each threshold its bin exceeds (a comparison, cheaper than a lookup);
+    one with more adds its class through a table from bin to ``class * stride``.
     """
 
-    features: np.ndarray      # the columns the tree splits on
-    classes: list[np.ndarray]  # per column, bin -> class * stride (uint16, one entry per bin value)
-    table: np.ndarray         # leaf values by combined code
+    features: np.ndarray            # the columns the tree splits on
+    cuts: list[np.ndarray]          # per column, the tree's bin thresholds on it (sorted)
+    strides: list[np.uint16]        # per column, its class's weight in the code
+    classes: list[np.ndarray | None]  # per column, bin -> class * stride (uint16), or None: compare
+    table: np.ndarray               # leaf values by combined code
 
     @classmethod
     def build(cls, pred: Any, n_columns: int, missing_bin: int) -> _Table | None:
@@ -303,23 +309,38 @@ class _Table:
         bins = np.arange(256)
         code = np.arange(size)
         rows = np.zeros((size, n_columns), dtype=np.uint8, order="F")
-        classes = []
+        strides: list[np.uint16] = []
+        classes: list[np.ndarray | None] = []
         stride = 1
         for f, c in zip(features, cuts, strict=True):
             # The class of a bin is the number of thresholds below it; its lowest bin is the
             # threshold below plus one.
-            classes.append((np.searchsorted(c, bins, side="left") * stride).astype(np.uint16))
+            strides.append(np.uint16(stride))
+            classes.append(None if len(c) <= COMPARE_CUTS
+                           else (np.searchsorted(c, bins, side="left") * stride).astype(np.uint16))
             lowest = np.concatenate([[0], c + 1])
             rows[:, f] = lowest[(code // stride) % (len(c) + 1)]
             stride *= len(c) + 1
-        return cls(features, classes, pred.predict_binned(rows, missing_bin, 1))
+        return cls(features, [c.astype(np.uint8) for c in cuts], strides, classes,
+                   pred.predict_binned(rows, missing_bin, 1))
 
-    def values(self, B: np.ndarray) -> np.ndarray:
+    def values(self, B: np.ndarray, work: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+        """The tree's value on every row of ``B``; ``work`` holds scratch arrays (code, addend, mask)
+        of at least ``len(B)`` entries."""
+        n = len(B)
         if not len(self.features):
-            return np.full(len(B), self.table[0])
-        code = self.classes[0].take(B[:, self.features[0]])
-        for f, c in zip(self.features[1:], self.classes[1:], strict=True):
-            code += c.take(B[:, f])
+            return np.full(n, self.table[0])
+        code, add, above = (w[:n] for w in work)
+        code.fill(0)
+        for f, cuts, stride, classes in zip(self.features, self.cuts, self.strides, self.classes, strict=True):
+            column = B[:, f]
+            if classes is not None:
+                np.add(code, classes.take(column), out=code)
+                continue
+            for cut in cuts:
+                np.greater(column, cut, out=above)
+                np.multiply(above, stride, out=add)
+                np.add(code, add, out=code)
         return self.table.take(code)
 
 
@@ -405,6 +426,7 @@ class _Boosting:
                 yield pred.predict_binned(B, self.missing_bin, threads)
             return
         missing = set(np.flatnonzero(B.max(axis=0) >= self.missing_bin).tolist())
+        work = (np.empty(len(B), dtype=np.uint16), np.empty(len(B), dtype=np.uint16), np.empty(len(B), dtype=bool))
         for pred in preds:
             key = id(pred)
             if key not in self.tables:
@@ -413,7 +435,7 @@ class _Boosting:
             if table is None or (missing and not missing.isdisjoint(table.features.tolist())):
                 yield pred.predict_binned(B, self.missing_bin, threads)
             else:
-                yield table.values(B)
+                yield table.values(B, work)
 
     def prepare(self, ref: np.ndarray) -> None:
         self.ref_bins = self.binned(ref[None, :])[0]
