@@ -189,6 +189,7 @@ def test_lookup_tables_and_parts_change_no_bit(fitted: dict[str, Any], features:
     X = model_input(features, model.feature_names)
     plain = score_frame(model, features)
     monkeypatch.setattr(occ, "TABLE_ROWS", 1)
+    monkeypatch.setattr(occ, "TABLE_AFTER_ROWS", 1)
     monkeypatch.setattr(occ, "PARALLEL_ROWS", 100)
     plan = occ.compile_plan(model.pipeline, model.feature_names, explanation_groups(model.feature_names),
                             model.reference)
@@ -212,12 +213,16 @@ def test_lookup_tables_and_parts_change_no_bit(fitted: dict[str, Any], features:
     assert tabled[reason_columns(tabled)].equals(plain[reason_columns(plain)])
 
 
-def test_lookup_table_values_equal_the_tree_with_missing_bins_and_large_trees() -> None:
+def test_lookup_table_values_equal_the_tree_with_missing_bins_and_large_trees(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """Each tree's values through its table equal ``predict_binned``, including missing-value bins
     (those columns fall back to the tree) and trees too large for a table."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
+    import clvtier.occlusion as occ
     from clvtier.occlusion import TABLE_ENTRIES, TABLE_ROWS, _Boosting
+
+    monkeypatch.setattr(occ, "TABLE_AFTER_ROWS", 6000)  # built on the second call
 
     rng = np.random.default_rng(4)
     X = rng.normal(size=(3000, 6))
@@ -229,11 +234,12 @@ def test_lookup_table_values_equal_the_tree_with_missing_bins_and_large_trees() 
     est = _Boosting(model)
     preds = [p for _, p in est.trees]
     n = max(TABLE_ROWS, 4000)
-    for missing_cols in ([], [1], list(range(6))):
+    for missing_cols in ([], [], [1], list(range(6))):
         B = np.asfortranarray(rng.integers(0, est.missing_bin, size=(n, 6)).astype(np.uint8))
         for c in missing_cols:
             B[rng.random(n) < 0.2, c] = est.missing_bin
         got = list(est.values(preds, B, threads=1))
+        assert bool(est.tables) == (sum(est.rows_seen.values()) >= 6000 * len(preds))
         for pred, values in zip(preds, got, strict=True):
             np.testing.assert_array_equal(values, pred.predict_binned(B, est.missing_bin, 1))
     tables = [est.tables[id(p)] for p in preds]

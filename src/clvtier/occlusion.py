@@ -56,9 +56,12 @@ from clvtier.models import signed_log1p
 BLOCK_ROWS = 8192
 #: Up to this many (customer, group) pairs, trees run on perturbed copies rather than pruned trees.
 SMALL_ROWS = 256
-#: From this many rows a tree is read through its lookup table (:class:`_Table`); below, building
-#: the table costs more than it saves.
+#: From this many rows per call, columns are binned over the trees' own thresholds and trees
+#: that have a lookup table (:class:`_Table`) are read through it.
 TABLE_ROWS = 2048
+#: A tree's table is built once the tree has been evaluated on this many rows in all: building
+#: one costs about what reading 40,000 rows through it saves.
+TABLE_AFTER_ROWS = 50_000
 #: Largest lookup table (entries); a tree with more combinations of classes runs as it is.
 TABLE_ENTRIES = 1 << 16
 #: Up to this many thresholds on a column, a tree's table code counts them by comparisons.
@@ -367,8 +370,10 @@ class _Boosting:
         self.missing_bin = mapper.missing_values_bin_idx_
         self.pruned: dict[tuple[int, ...], list[tuple[int, Any]]] = {}
         self.reading: dict[tuple[int, ...], set[int]] = {}
-        #: Lookup tables by ``id`` of the predictor (None: the tree runs as it is); built on first use.
+        #: Lookup tables by ``id`` of the predictor (None: the tree runs as it is), built once the
+        #: tree has been evaluated on :data:`TABLE_AFTER_ROWS` rows (counted in ``rows_seen``).
         self.tables: dict[int, _Table | None] = {}
+        self.rows_seen: dict[int, int] = {}
         # Per column the trees split on: the values of the bin thresholds they use, and the
         # lowest bin above each (see :meth:`binned`). Pruned trees keep a subset of these splits.
         used: dict[int, set[int]] = {}
@@ -418,7 +423,8 @@ class _Boosting:
         """Each tree's values on the binned rows ``B``, in the order of ``preds``.
 
         Equal bit for bit to ``pred.predict_binned``; from :data:`TABLE_ROWS` rows on, through
-        the trees' lookup tables wherever the columns they read hold no missing-value bin.
+        the trees' lookup tables (once built) wherever the columns they read hold no
+        missing-value bin.
         """
         threads = threads or self.threads
         if len(B) < TABLE_ROWS:
@@ -430,8 +436,10 @@ class _Boosting:
         for pred in preds:
             key = id(pred)
             if key not in self.tables:
-                self.tables[key] = _Table.build(pred, B.shape[1], self.missing_bin)
-            table = self.tables[key]
+                seen = self.rows_seen[key] = self.rows_seen.get(key, 0) + len(B)
+                if seen >= TABLE_AFTER_ROWS:
+                    self.tables[key] = _Table.build(pred, B.shape[1], self.missing_bin)
+            table = self.tables.get(key)
             if table is None or (missing and not missing.isdisjoint(table.features.tolist())):
                 yield pred.predict_binned(B, self.missing_bin, threads)
             else:
