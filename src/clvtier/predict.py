@@ -9,9 +9,10 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -276,6 +277,21 @@ def write_scores(scores: pd.DataFrame, out: str | Path) -> Path:
     return out
 
 
+def _background(fn: Callable[..., Any], *args: Any) -> Future[Any]:
+    """``fn(*args)`` in a daemon thread: a pending call never keeps the process from exiting."""
+    future: Future[Any] = Future()
+
+    def run() -> None:
+        future.set_running_or_notify_cancel()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # handed to whoever waits on the future
+            future.set_exception(exc)
+
+    threading.Thread(target=run, daemon=True).start()
+    return future
+
+
 def _chunks(sources: Sequence[Any], size: int) -> Iterator[Any]:
     """Arrow tables of ``size`` rows (the last one shorter) read in order across the Parquet files ``sources``.
 
@@ -418,15 +434,15 @@ def score_to_file(model: Model, data: Any, out: str | Path, as_of: dt.date | Non
                     writer = pq.ParquetWriter(tmp, table.schema, use_dictionary=_label_columns(scores))
                 writer.write_table(table.cast(writer.schema))
 
-            # The next chunk is read and the last one written in two threads while this one is
-            # scored (Arrow decodes and encodes outside the interpreter lock); one of each at a time.
+            # The next chunk is read and the last one written in their own threads while this one
+            # is scored (Arrow decodes and encodes outside the interpreter lock); one of each at a time.
             chunks = _chunks(sources, chunk_size)
-            reader, io = ThreadPoolExecutor(1), ThreadPoolExecutor(1)
+            upcoming: Future[Any] = _background(read, chunks)
             written: Future[None] | None = None
+            interrupted = False
             try:
-                upcoming = reader.submit(read, chunks)
                 while (got := upcoming.result()) is not None:
-                    upcoming = reader.submit(read, chunks)
+                    upcoming = _background(read, chunks)
                     frame, first, last, repeated = got
                     # The features are sorted by customer (and the passes are consecutive ranges of
                     # ids): a repeated customer would sit next to itself.
@@ -437,7 +453,7 @@ def score_to_file(model: Model, data: Any, out: str | Path, as_of: dt.date | Non
                     scores = score_frame(model, frame, with_reasons=with_reasons)
                     if written is not None:
                         written.result()
-                    written = io.submit(write, scores, n_out == 0)
+                    written = _background(write, scores, n_out == 0)
                     n_out += len(scores)
                     for tier, count in scores["tier"].value_counts().items():
                         tiers[str(tier)] += int(count)
@@ -445,13 +461,20 @@ def score_to_file(model: Model, data: Any, out: str | Path, as_of: dt.date | Non
                         progress(n_out, n_in)
                 if written is not None:
                     written.result()
+            except KeyboardInterrupt:
+                # Ctrl-C does not wait for a read or write under way: their threads end with the
+                # process, and the temporary file is removed unfinished.
+                interrupted = True
+                raise
             finally:
-                reader.shutdown(wait=True, cancel_futures=True)
-                io.shutdown(wait=True)
-                if writer is not None:
-                    writer.close()
-                if csv_file is not None:
-                    csv_file.close()
+                if not interrupted:
+                    for pending in (upcoming, written):
+                        if pending is not None:
+                            pending.exception()  # wait; an error of its own is not the one raised
+                    if writer is not None:
+                        writer.close()
+                    if csv_file is not None:
+                        csv_file.close()
             if n_out != n_in:
                 raise InputError(f"scoring wrote {n_out:,} rows for {n_in:,} customers.",
                                  "This is a bug; report it with the data's shape.")
