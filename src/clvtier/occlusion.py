@@ -22,7 +22,13 @@ The perturbed probabilities are those a full prediction of the perturbed
 customer gives, up to the order of floating-point additions (about 1e-16); a
 group whose columns already equal the reference's moves nothing and gets an
 effect of exactly 0. The probabilities of the customers themselves are those of
-``pipeline.predict_proba`` bit for bit (checked when the plan is built).
+``pipeline.predict_proba`` bit for bit (checked when the plan is built), except that
+a logistic member's matrix product may round its last bit differently when a large
+call is split into parts scored side by side (:data:`PARALLEL_ROWS`).
+
+On many rows, the trees read bins counted over their own thresholds and, once a
+tree has seen enough rows, a table of its leaf values (:class:`_Table`): the same
+leaves as scikit-learn's walk down the tree, without a branch per row.
 
 Pipelines of other shapes (k-nearest neighbours, random forest, naive Bayes)
 have no plan (:func:`compile_plan` returns None); their effects are computed by
@@ -274,7 +280,7 @@ class _Logistic:
 
 @dataclass
 class _Table:
-    """One tree as a lookup table over its split classes, evaluated with array lookups only.
+    """One tree as a table of leaf values over its split classes, evaluated without a branch per row.
 
     Every split of a tree compares one column's bin with a threshold. A column's thresholds
     in the tree cut its bins into classes, and rows whose bins fall into the same class

@@ -357,10 +357,11 @@ def score_to_file(model: Model, data: Any, out: str | Path, as_of: dt.date | Non
     The engine writes the features of every customer to temporary Parquet files
     (DuckDB spills to disk beyond its memory limit; beyond
     :data:`clvtier.features.PASS_ROWS` transactions, one file per range of customer
-    ids); they are read back
-    ``chunk_size`` customers at a time, scored with :func:`score_frame` and appended
-    to ``out`` (Parquet row groups, or CSV with one header and the same
-    formula guard as :func:`write_scores`). The file appears at ``out`` only when
+    ids); they are read back ``chunk_size`` customers at a time (a chunk may span two
+    files), scored with :func:`score_frame` and appended to ``out`` (Parquet row groups,
+    or CSV with one header and the same formula guard as :func:`write_scores`). The
+    next chunk is read and the last one written in their own threads while a chunk is
+    scored. The file appears at ``out`` only when
     every customer was scored exactly once. Rows, tiers and reasons are those of
     :func:`predict` followed by :func:`write_scores`; probabilities agree to about
     1e-16 (linear algebra rounds the last bit differently in batches of other sizes)
