@@ -548,6 +548,29 @@ def test_several_files_for_one_table_are_refused(files: tuple[str, str], tmp_pat
     assert ds.summary["transactions"]["rows"] == 12
 
 
+def test_two_tables_for_one_table_in_a_duckdb_file_are_refused(tmp_path: Path) -> None:
+    """A database holding both transactions_final and transactions: neither is picked silently."""
+    path = tmp_path / "shop.duckdb"
+    with duckdb.connect(str(path)) as con:
+        con.register("tx", _frame(TX))
+        con.execute("CREATE TABLE transactions_final AS SELECT * FROM tx")
+        con.execute("CREATE VIEW transactions AS SELECT * FROM transactions_final LIMIT 3")
+        con.register("cu", _frame(TINY["customers"]))
+        con.execute("CREATE TABLE customers AS SELECT * FROM cu")
+    result = cli("validate", str(path), "--json", "--as-of", AS_OF)
+    assert result.exit_code == EXIT_BAD_INPUT, result.output
+    report = json.loads(result.stdout)
+    assert "more than one table or view for the transactions table (transactions_final, transactions)" in (
+        report["error"])
+    assert 'table = "transactions_final"' in report["fix"]
+
+    mapping = tmp_path / "shop.toml"
+    mapping.write_text('[transactions]\npath = "shop.duckdb"\ntable = "transactions"\n'
+                       '[customers]\npath = "shop.duckdb"\n')
+    ds = load(mapping, as_of=TINY_AS_OF)
+    assert ds.summary["transactions"]["rows"] == 3
+
+
 def test_several_files_for_several_tables_are_all_named(tmp_path: Path) -> None:
     write_ecomx(tmp_path, names="final")
     write_ecomx(tmp_path, {"customers": TINY["customers"], "marketing": TINY["marketing"]}, names="short",

@@ -189,11 +189,23 @@ def _discover_duckdb(path: Path) -> dict[str, TableSource]:
             "Pass a DuckDB database file, a directory of CSV/Parquet files, or a mapping file.",
         ) from None
     found = {}
+    several: dict[str, list[str]] = {}
     for table in TABLES.values():
-        for stem in table.file_stems:
-            if stem in names:
-                found[table.name] = TableSource(path=path, format="duckdb", db_table=stem)
-                break
+        stems = [stem for stem in table.file_stems if stem in names]
+        if len(stems) > 1:
+            several[table.name] = stems
+        elif stems:
+            found[table.name] = TableSource(path=path, format="duckdb", db_table=stems[0])
+    if several:
+        # As with files in a directory: picking one would silently read an older copy.
+        listed = " and ".join(f"the {name} table ({', '.join(stems)})" for name, stems in several.items())
+        name, stems = next(iter(several.items()))
+        raise InputError(
+            f"{path}: more than one table or view for {listed}; clvtier does not guess which one to read.",
+            f"Keep one of them in the database, or map the table with a config: a mapping file with "
+            f'[{name}], path = "{path.name}" and table = "{stems[0]}", and a section for each other '
+            "table (docs/mapping.md); pass the mapping file instead of the database.",
+        )
     return found
 
 
