@@ -67,6 +67,15 @@ def test_selection_uses_cross_validation_only(run_dir: Path) -> None:
     assert metrics["chosen"] == best_cv
 
 
+def test_timed_steps_account_for_the_training_time(run_dir: Path) -> None:
+    """``--verbose`` prints these: the named steps add up to (nearly all of) the total."""
+    timings = json.loads((run_dir / "metrics.json").read_text())["timings_seconds"]
+    assert list(timings) == ["features", "cross_validation", "evaluation", "explanation", "leakage_audit",
+                             "backtest", "total"]
+    steps = sum(v for k, v in timings.items() if k != "total")
+    assert 0.9 * timings["total"] <= steps <= timings["total"]
+
+
 def test_predict_scores_every_known_customer_once(run_dir: Path, data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "scores.csv"
     res = runner.invoke(app, ["predict", str(data_dir), "--model", str(run_dir), "--out", str(out)])

@@ -316,11 +316,15 @@ def train(data: Any, config: TrainConfig | None = None, progress: Progress | Non
     timings["evaluation"] = time.perf_counter() - t2
 
     say("Explaining the chosen model")
+    t_explain = time.perf_counter()
     importance = _permutation_importance(fitted[chosen], X.iloc[te], y[te], cfg, _reference(X.iloc[tr]))
     examples = _examples(fitted[chosen], X.iloc[te], chosen_proba, ids[te], y[te], y_value[te], _reference(X.iloc[tr]))
+    timings["explanation"] = time.perf_counter() - t_explain
 
     say("Leakage audit")
+    t_audit = time.perf_counter()
     audit = _leakage_audit(fs, pipes[chosen], X, y, y_value, tr, te, cfg, test_metrics[chosen])
+    timings["leakage_audit"] = time.perf_counter() - t_audit
 
     say("Backtesting at earlier cutoffs")
     t3 = time.perf_counter()
