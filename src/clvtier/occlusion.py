@@ -362,9 +362,7 @@ class _Boosting:
     threads: int = 0
 
     def __post_init__(self) -> None:
-        from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
-
-        self.threads = self.threads or _openmp_effective_n_threads()
+        self.threads = self.threads or _effective_threads()
         K = self.model.n_trees_per_iteration_
         self.trees = [(k, p) for it in self.model._predictors for k, p in enumerate(it)]
         if len(self.trees) != K * self.model.n_iter_:
