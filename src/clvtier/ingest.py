@@ -159,17 +159,22 @@ def discover(source: str | Path) -> dict[str, TableSource]:
             found[table.name] = TableSource(path=file, format=_format_of(file), delimiter=delim)
     if several:
         # Picking one by a preference order would silently read an older export or a draft.
-        listed = " and ".join(
-            f"the {name} table ({', '.join(f.name for f in files)})" for name, files in several.items()
-        )
-        name, files = next(iter(several.items()))
-        raise InputError(
-            f"{path}: more than one file for {listed}; clvtier does not guess which one to read.",
-            f"Keep one file per table in the directory, or map the table to a file with a config: a mapping "
-            f'file with [{name}] and path = "{files[0].name}", and a section for each other table '
-            "(docs/mapping.md); pass the mapping file instead of the directory.",
-        )
+        first = next(iter(several.values()))[0].name
+        raise _several(path, {name: [f.name for f in files] for name, files in several.items()}, "file",
+                       "Keep one file per table in the directory", " to a file", f' and path = "{first}"',
+                       "directory")
     return found
+
+
+def _several(path: Path, several: dict[str, list[str]], what: str, keep: str, to: str, entry: str,
+             instead: str) -> InputError:
+    """The error for a source holding several files or tables for one table: all named, and the fix."""
+    listed = " and ".join(f"the {name} table ({', '.join(items)})" for name, items in several.items())
+    return InputError(
+        f"{path}: more than one {what} for {listed}; clvtier does not guess which one to read.",
+        f"{keep}, or map the table{to} with a config: a mapping file with [{next(iter(several))}]{entry}, "
+        f"and a section for each other table (docs/mapping.md); pass the mapping file instead of the {instead}.",
+    )
 
 
 def _format_of(path: Path) -> str:
@@ -198,14 +203,9 @@ def _discover_duckdb(path: Path) -> dict[str, TableSource]:
             found[table.name] = TableSource(path=path, format="duckdb", db_table=stems[0])
     if several:
         # As with files in a directory: picking one would silently read an older copy.
-        listed = " and ".join(f"the {name} table ({', '.join(stems)})" for name, stems in several.items())
-        name, stems = next(iter(several.items()))
-        raise InputError(
-            f"{path}: more than one table or view for {listed}; clvtier does not guess which one to read.",
-            f"Keep one of them in the database, or map the table with a config: a mapping file with "
-            f'[{name}], path = "{path.name}" and table = "{stems[0]}", and a section for each other '
-            "table (docs/mapping.md); pass the mapping file instead of the database.",
-        )
+        first = next(iter(several.values()))[0]
+        raise _several(path, several, "table or view", "Keep one of them in the database", "",
+                       f', path = "{path.name}" and table = "{first}"', "database")
     return found
 
 
