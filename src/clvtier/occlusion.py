@@ -128,11 +128,6 @@ class _NumericBlock:
     def width(self) -> int:
         return len(self.keep) + len(self.indicate)
 
-    def transform(self, X: pd.DataFrame) -> np.ndarray:
-        out = np.empty((len(X), self.width), dtype=np.float64)
-        self.transform_into(X, out)
-        return out
-
     def transform_into(self, X: pd.DataFrame, out: np.ndarray) -> None:
         """Write the block's output columns into ``out`` (rows x :attr:`width`), one column at a time.
 
@@ -198,15 +193,20 @@ class _CategoricalBlock:
     def sources(self) -> list[str]:
         return [c for c, w in zip(self.columns, self.widths, strict=True) for _ in range(w)]
 
-    def transform(self, X: pd.DataFrame) -> np.ndarray:
-        blocks = []
+    @property
+    def width(self) -> int:
+        return sum(self.widths)
+
+    def transform_into(self, X: pd.DataFrame, out: np.ndarray) -> None:
+        """Write the one-hot columns into ``out`` (rows x :attr:`width`), one input column at a time."""
+        start = 0
         for i, col in enumerate(self.columns):
             codes, uniques = pd.factorize(X[col], use_na_sentinel=True)
             rows = [self.tables[i].get(u, self.unknown[i]) if isinstance(u, str) else self.unknown[i]
                     for u in uniques]
             lookup = np.vstack([*rows, self.missing[i]]) if rows else self.missing[i][None, :]
-            blocks.append(lookup[np.where(codes < 0, len(rows), codes)])
-        return np.hstack(blocks) if blocks else np.zeros((len(X), 0))
+            out[:, start:start + self.widths[i]] = lookup[np.where(codes < 0, len(rows), codes)]
+            start += self.widths[i]
 
 
 @dataclass
@@ -238,17 +238,11 @@ class _Prep:
 
     def transform(self, X: pd.DataFrame, order: Literal["C", "F"] = "C") -> np.ndarray:
         """The transformed columns, in C order or (for the trees' column-wise binning) Fortran order."""
-        parts = [b if isinstance(b, _NumericBlock) else b.transform(X) for b in self.blocks]
-        out = np.empty((len(X), sum(p.width if isinstance(p, _NumericBlock) else p.shape[1] for p in parts)),
-                       dtype=np.float64, order=order)
+        out = np.empty((len(X), sum(b.width for b in self.blocks)), dtype=np.float64, order=order)
         start = 0
-        for p in parts:
-            if isinstance(p, _NumericBlock):
-                p.transform_into(X, out[:, start:start + p.width])
-                start += p.width
-            else:
-                out[:, start:start + p.shape[1]] = p
-                start += p.shape[1]
+        for b in self.blocks:
+            b.transform_into(X, out[:, start:start + b.width])
+            start += b.width
         return out
 
 

@@ -421,8 +421,7 @@ def score_to_file(model: Model, data: Any, out: str | Path, as_of: dt.date | Non
                     return None
                 ids = pc.cast(chunk.column("customer_id"), pa.string())
                 repeated = len(ids) > 1 and pc.any(pc.equal(ids[1:], ids[:-1])).as_py()
-                frame = chunk.to_pandas()
-                frame["customer_id"] = frame["customer_id"].astype(str)
+                frame = chunk.set_column(chunk.schema.get_field_index("customer_id"), "customer_id", ids).to_pandas()
                 return frame, ids[0].as_py(), ids[-1].as_py(), bool(repeated)
 
             def write(scores: pd.DataFrame, first: bool) -> None:
