@@ -278,3 +278,40 @@ def test_bins_from_the_trees_thresholds_send_every_row_where_the_bin_mapper_does
                                       pred.predict_binned(exact, est.missing_bin, 1))
     raw, _, _ = est.output(T, threads=1, keep=False)
     np.testing.assert_array_equal(est.proba(raw), model.predict_proba(T))
+
+
+def test_every_tree_walked_at_once_gives_each_trees_values_and_the_pipelines_probabilities() -> None:
+    """A few rows go down every tree side by side (:class:`_Forest`): each tree's values equal
+    ``predict_binned``, missing-value bins included, and the probabilities ``predict_proba``."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from clvtier.occlusion import FOREST_ROWS, _Boosting
+
+    rng = np.random.default_rng(11)
+    X = rng.normal(size=(2000, 5))
+    X[rng.random(X.shape) < 0.15] = np.nan
+    y = (np.nan_to_num(X[:, 0]) + np.nan_to_num(X[:, 1]) > 0).astype(int) + (np.nan_to_num(X[:, 2]) > 0.7)
+    model = HistGradientBoostingClassifier(max_iter=12, max_leaf_nodes=31, random_state=0).fit(X, y)
+    est = _Boosting(model)
+    assert est.forest.depth > 3
+    for n in (1, 5, FOREST_ROWS):
+        T = np.asfortranarray(rng.normal(size=(n, 5)) * 1.5)
+        T[rng.random(T.shape) < 0.3] = np.nan
+        B = est.binned(T, threads=1)
+        walked = est.forest.values(B, est.missing_bin)
+        for pred, values in zip([p for _, p in est.trees], walked, strict=True):
+            np.testing.assert_array_equal(values, pred.predict_binned(B, est.missing_bin, 1))
+        raw, _, _ = est.output(T, threads=1, keep=False)
+        np.testing.assert_array_equal(est.proba(raw), model.predict_proba(T))
+
+
+@pytest.mark.parametrize("name", ["blend", "hist_gb"])
+def test_plan_on_a_few_customers_equals_predict_proba_bit_for_bit(fitted: dict[str, Any], features: pd.DataFrame,
+                                                                  name: str) -> None:
+    from clvtier.occlusion import FOREST_ROWS
+
+    model = fitted[name]
+    X = model_input(features, model.feature_names)
+    for n in (1, 3, FOREST_ROWS):
+        part = X.iloc[np.arange(n) * 7].reset_index(drop=True)
+        np.testing.assert_array_equal(model.plan.predict_proba(part), model.pipeline.predict_proba(part))

@@ -158,8 +158,9 @@ def feature_expr(tables: Mapping[str, ir.Table], spec: FeatureSpec,
         Typed contract tables (``transactions`` required).
     spec : FeatureSpec
     known : Table, optional
-        ``customer_id`` of customers to include even without events before the cutoff
-        (the HTTP service scores every customer of a request).
+        ``customer_id`` of exactly the customers to give a row to, one each, whether or
+        not they have events before the cutoff (the HTTP service scores every customer
+        of a request, and every record of the request belongs to one of them).
     restrict_to : Table, optional
         ``customer_id`` of the only customers wanted (a training sample): every input
         table is semi-joined to it before aggregation, so the engine reads only their
@@ -185,10 +186,10 @@ def feature_expr(tables: Mapping[str, ir.Table], spec: FeatureSpec,
     tx = tables["transactions"]
     tx = tx.filter(tx.transaction_date < cutoff)
     tx_features = _transaction_features(tx, spec, cutoff)
-    if "customers" in spec.tables or known is not None:
+    if known is not None:
+        expr = known.select("customer_id").left_join(tx_features, "customer_id").drop("customer_id_right")
+    elif "customers" in spec.tables:
         base = _known_customers(tables, spec, tx, cutoff)
-        if known is not None:
-            base = base.union(known.select("customer_id"), distinct=True)
         expr = base.left_join(tx_features, "customer_id").drop("customer_id_right")
     else:  # every customer known at the cutoff has bought before it
         expr = tx_features

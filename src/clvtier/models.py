@@ -14,6 +14,7 @@ selection metric by cross-validation on the training customers
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -155,14 +156,15 @@ def model_input(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     Numeric features become float64; categorical ones become object columns with
     NaN for missing, whatever engine (DuckDB, Spark, JSON) produced the frame.
     """
-    data: dict[str, pd.Series] = {}
+    index = pd.RangeIndex(len(frame))
+    data: dict[str, Any] = {}
     for col in columns:
         s = frame[col]
         if pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
-            values = s.to_numpy(dtype=np.float64, na_value=np.nan)
-            data[col] = pd.Series(values, dtype=np.float64, copy=False)
-        else:
+            data[col] = s.to_numpy(dtype=np.float64, na_value=np.nan)
+        else:  # a Series, or pandas would infer a string dtype from the array
             obj = s.to_numpy(dtype=object, na_value=np.nan)
-            data[col] = pd.Series(obj, dtype=object, copy=False)
-    # Columns built as arrays, then one frame: column-by-column inserts cost more than the data on small frames.
-    return pd.DataFrame(data, index=pd.RangeIndex(len(frame)), columns=list(columns))
+            data[col] = pd.Series(obj, index=index, dtype=object, copy=False)
+    # Columns built as arrays, then one frame: column-by-column inserts, and a Series per
+    # numeric column, cost more than the data on small frames (the service scores one customer).
+    return pd.DataFrame(data, index=index, columns=list(columns), copy=False)

@@ -38,7 +38,7 @@ predicting only the customers whose group differs from the reference.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -62,6 +62,8 @@ from clvtier.models import signed_log1p
 BLOCK_ROWS = 8192
 #: Up to this many (customer, group) pairs, trees run on perturbed copies rather than pruned trees.
 SMALL_ROWS = 256
+#: Up to this many rows, every tree is walked at once (:class:`_Forest`), not called tree by tree.
+FOREST_ROWS = 32
 #: From this many rows per call, columns are binned over the trees' own thresholds and trees
 #: that have a lookup table (:class:`_Table`) are read through it.
 TABLE_ROWS = 2048
@@ -74,6 +76,8 @@ TABLE_ENTRIES = 1 << 16
 COMPARE_CUTS = 4
 #: From this many rows a plan scores a call in :attr:`Plan.threads` parts side by side.
 PARALLEL_ROWS = 50_000
+#: Occluded rows of several groups are turned into probabilities together, up to this many at once.
+EFFECT_ROWS = 65_536
 
 
 def _effective_threads() -> int:
@@ -87,6 +91,12 @@ class _Unsupported(Exception):
 
 
 # -- preprocessing ------------------------------------------------------------------------------
+def _columns(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """A frame's columns by name, read once: looking a column up in a frame costs more than
+    transforming it on a few rows."""
+    return {name: column.to_numpy() for name, column in frame.items()}
+
+
 @dataclass
 class _NumericBlock:
     """SimpleImputer (with indicator) followed by element-wise steps, on numeric columns."""
@@ -128,14 +138,14 @@ class _NumericBlock:
     def width(self) -> int:
         return len(self.keep) + len(self.indicate)
 
-    def transform_into(self, X: pd.DataFrame, out: np.ndarray) -> None:
+    def transform_into(self, X: Mapping[str, np.ndarray], out: np.ndarray) -> None:
         """Write the block's output columns into ``out`` (rows x :attr:`width`), one column at a time.
 
         Every step works element by element, so a column gives the numbers the steps give
         on the whole block.
         """
         for j, i in enumerate([*self.keep, *self.indicate]):
-            x = np.asarray(X[self.columns[i]].to_numpy(dtype=np.float64))
+            x = np.asarray(X[self.columns[i]], dtype=np.float64)
             missing = np.isnan(x)
             if j < len(self.keep):
                 v = np.where(missing, self.fill[j], x) if missing.any() else x
@@ -161,6 +171,8 @@ class _CategoricalBlock:
     tables: list[dict[Any, np.ndarray]]
     missing: list[np.ndarray]
     unknown: list[np.ndarray]
+    positions: list[dict[Any, int]] = field(init=False, repr=False)
+    matrices: list[np.ndarray] = field(init=False, repr=False)
 
     @classmethod
     def build(cls, pipe: Any, columns: list[str]) -> _CategoricalBlock:
@@ -189,6 +201,12 @@ class _CategoricalBlock:
             unknown.append(out[len(known) + 1])
         return cls(columns, widths, tables, missing, unknown)
 
+    def __post_init__(self) -> None:
+        self.positions = [{v: k for k, v in enumerate(table)} for table in self.tables]
+        self.matrices = [np.vstack([*table.values(), missing, unknown]).reshape(len(table) + 2, width)
+                         for table, missing, unknown, width in zip(self.tables, self.missing, self.unknown,
+                                                                   self.widths, strict=True)]
+
     @property
     def sources(self) -> list[str]:
         return [c for c, w in zip(self.columns, self.widths, strict=True) for _ in range(w)]
@@ -197,15 +215,17 @@ class _CategoricalBlock:
     def width(self) -> int:
         return sum(self.widths)
 
-    def transform_into(self, X: pd.DataFrame, out: np.ndarray) -> None:
+    def transform_into(self, X: Mapping[str, np.ndarray], out: np.ndarray) -> None:
         """Write the one-hot columns into ``out`` (rows x :attr:`width`), one input column at a time."""
         start = 0
         for i, col in enumerate(self.columns):
             codes, uniques = pd.factorize(X[col], use_na_sentinel=True)
-            rows = [self.tables[i].get(u, self.unknown[i]) if isinstance(u, str) else self.unknown[i]
-                    for u in uniques]
-            lookup = np.vstack([*rows, self.missing[i]]) if rows else self.missing[i][None, :]
-            out[:, start:start + self.widths[i]] = lookup[np.where(codes < 0, len(rows), codes)]
+            # Rows of the column's lookup matrix: each known value's, then missing, then unseen.
+            unseen = len(self.tables[i]) + 1
+            position = self.positions[i]
+            where = np.array([position.get(u, unseen) if isinstance(u, str) else unseen for u in uniques]
+                             + [unseen - 1], dtype=np.intp)
+            out[:, start:start + self.widths[i]] = self.matrices[i][where[codes]]
             start += self.widths[i]
 
 
@@ -236,9 +256,10 @@ class _Prep:
     def sources(self) -> list[str]:
         return [s for b in self.blocks for s in b.sources]
 
-    def transform(self, X: pd.DataFrame, order: Literal["C", "F"] = "C") -> np.ndarray:
-        """The transformed columns, in C order or (for the trees' column-wise binning) Fortran order."""
-        out = np.empty((len(X), sum(b.width for b in self.blocks)), dtype=np.float64, order=order)
+    def transform(self, X: Mapping[str, np.ndarray], n: int, order: Literal["C", "F"] = "C") -> np.ndarray:
+        """The transformed columns of ``n`` rows (``X``: see :func:`_columns`), in C order or (for the
+        trees' column-wise binning) Fortran order."""
+        out = np.empty((n, sum(b.width for b in self.blocks)), dtype=np.float64, order=order)
         start = 0
         for b in self.blocks:
             b.transform_into(X, out[:, start:start + b.width])
@@ -348,6 +369,54 @@ class _Table:
 
 
 @dataclass
+class _Forest:
+    """Every tree of a model walked side by side on a few rows, one array operation per level.
+
+    ``predict_binned`` costs a call per tree, which is most of the time on a few rows
+    (the service's single customers). Here the nodes of all trees sit in one set of
+    arrays, and each row moves down one level of every tree per step, by the rule of
+    ``predict_binned``: a missing-value bin goes where the split sends missing values,
+    another bin left when at most the split's threshold. A leaf points to itself, so
+    rows that reach one early stay there. The values are the leaves' values, bit for bit.
+    """
+
+    roots: np.ndarray      # each tree's root
+    feature: np.ndarray
+    threshold: np.ndarray  # uint8 bin threshold (255 at leaves: every bin goes "left", to itself)
+    missing_left: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+    value: np.ndarray
+    depth: int
+
+    @classmethod
+    def build(cls, preds: Sequence[Any]) -> _Forest:
+        nodes = [p.nodes for p in preds]
+        sizes = np.array([len(n) for n in nodes])
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.intp)
+        allnodes = np.concatenate(nodes)
+        offset = np.repeat(starts, sizes)
+        leaf = allnodes["is_leaf"].astype(bool)
+        own = np.arange(len(allnodes), dtype=np.intp)
+        left = np.where(leaf, own, allnodes["left"].astype(np.intp) + offset)
+        right = np.where(leaf, own, allnodes["right"].astype(np.intp) + offset)
+        return cls(starts, np.where(leaf, 0, allnodes["feature_idx"]).astype(np.intp),
+                   np.where(leaf, 255, allnodes["bin_threshold"]).astype(np.uint8),
+                   np.where(leaf, True, allnodes["missing_go_to_left"].astype(bool)),
+                   left, right, allnodes["value"].astype(np.float64), int(allnodes["depth"].max(initial=0)))
+
+    def values(self, B: np.ndarray, missing_bin: int) -> np.ndarray:
+        """Each tree's value on each row of ``B`` (trees x rows)."""
+        node = np.repeat(self.roots[:, None], len(B), axis=1)
+        rows = np.arange(len(B))[None, :]
+        for _ in range(self.depth):
+            b = B[rows, self.feature[node]]
+            go_left = np.where(b == missing_bin, self.missing_left[node], b <= self.threshold[node])
+            node = np.where(go_left, self.left[node], self.right[node])
+        return self.value[node]
+
+
+@dataclass
 class _Boosting:
     model: Any
     trees: list[tuple[int, Any]] = field(default_factory=list)   # (class column, predictor), in sklearn order
@@ -372,6 +441,7 @@ class _Boosting:
         #: tree has been evaluated on :data:`TABLE_AFTER_ROWS` rows (counted in ``rows_seen``).
         self.tables: dict[int, _Table | None] = {}
         self.rows_seen: dict[int, int] = {}
+        self.forest = _Forest.build([pred for _, pred in self.trees])
         # Per column the trees split on: the values of the bin thresholds they use, and the
         # lowest bin above each (see :meth:`binned`). Pruned trees keep a subset of these splits.
         used: dict[int, set[int]] = {}
@@ -425,6 +495,10 @@ class _Boosting:
         missing-value bin.
         """
         threads = threads or self.threads
+        if len(B) <= FOREST_ROWS and len(preds) == len(self.trees) \
+                and all(p is q for p, (_, q) in zip(preds, self.trees, strict=True)):
+            yield from self.forest.values(B, self.missing_bin)
+            return
         if len(B) < TABLE_ROWS:
             for pred in preds:
                 yield pred.predict_binned(B, self.missing_bin, threads)
@@ -468,6 +542,9 @@ class _Boosting:
         """Raw predictions (summed in sklearn's order), each tree's values (empty unless ``keep``),
         and the binned input."""
         B = self.binned(T, threads)
+        if len(B) <= FOREST_ROWS:
+            every = self.forest.values(B, self.missing_bin)
+            return self.raw(every, len(B)), list(every) if keep else [], B
         values = self.values([pred for _, pred in self.trees], B, threads)
         if keep:
             kept = list(values)
@@ -476,8 +553,13 @@ class _Boosting:
 
     def raw(self, values: Iterable[np.ndarray], n: int) -> np.ndarray:
         """The raw predictions from each tree's values: the baseline plus the trees, in sklearn's order."""
-        raw = np.zeros((n, self.model.n_trees_per_iteration_), dtype=np.float64, order="F")
+        K = self.model.n_trees_per_iteration_
+        raw = np.zeros((n, K), dtype=np.float64, order="F")
         raw += self.model._baseline_prediction
+        if isinstance(values, np.ndarray):  # every tree at once: each class's trees summed in order
+            for k in range(K):
+                raw[:, k] = np.cumsum(np.vstack([raw[None, :, k], values[k::K]]), axis=0)[-1]
+            return raw
         for (k, _), v in zip(self.trees, values, strict=True):
             raw[:, k] += v
         return raw
@@ -500,28 +582,27 @@ class _Boosting:
         threads = threads or self.threads
         keys = [tuple(int(i) for i in c) for c in cols]
         live = [g for g, key in enumerate(keys) if self.pruned_trees(key)]
-        tree_values: dict[int, list[np.ndarray]] = {}
-        if len(B) * len(live) <= SMALL_ROWS:
+        out: list[np.ndarray | None] = [None] * len(keys)
+        if live and len(B) * len(live) <= SMALL_ROWS:
             copies = np.repeat(B[None, :, :], len(live), axis=0)
             for j, g in enumerate(live):
                 copies[j][:, list(keys[g])] = self.ref_bins[list(keys[g])]
             flat = copies.reshape(-1, B.shape[1])
-            every = [pred.predict_binned(flat, self.missing_bin, threads).reshape(len(live), len(B))
-                     for _, pred in self.trees]
+            every = self.values([pred for _, pred in self.trees], flat, threads)
+            # A tree that does not split on a group leaves its copy in the customer's leaf:
+            # it adds exactly 0, so summing over every tree gives the pruned trees' sums.
+            sums = np.zeros((K, len(live), len(B)))
+            for (k, _), moved, v in zip(self.trees, every, values, strict=True):
+                sums[k] += moved.reshape(len(live), len(B)) - v
             for j, g in enumerate(live):
-                tree_values[g] = [every[t][j] for t, _ in self.pruned_trees(keys[g])]
-        out: list[np.ndarray | None] = []
-        for g, key in enumerate(keys):
-            pruned = self.pruned_trees(key)
-            if not pruned:
-                out.append(None)
-                continue
+                out[g] = np.ascontiguousarray(sums[:, j, :].T)
+            return out
+        for g in live:
+            pruned = self.pruned_trees(keys[g])
             delta = np.zeros((len(B), K))
-            moves = (iter(tree_values[g]) if g in tree_values
-                     else self.values([pred for _, pred in pruned], B, threads))
-            for (t, _), moved in zip(pruned, moves, strict=True):
+            for (t, _), moved in zip(pruned, self.values([pred for _, pred in pruned], B, threads), strict=True):
                 delta[:, self.trees[t][0]] += moved - values[t]
-            out.append(delta)
+            out[g] = delta
         return out
 
 
@@ -624,14 +705,14 @@ class Plan:
         return _shifted(_cumulative(aligned), self.decision.shifts_)
 
     def _outputs(self, X: pd.DataFrame, threads: int | None = None, keep: bool = True) -> list[tuple[Any, Any]]:
-        Xb = self._transformed(X)
+        columns = _columns(self._transformed(X))
         out = []
         for prep, est in self.members:
             if isinstance(est, _Boosting):
-                T = prep.transform(Xb, order="F")
+                T = prep.transform(columns, len(X), order="F")
                 out.append((T, est.output(T, threads, keep)))
             else:
-                T = prep.transform(Xb)
+                T = prep.transform(columns, len(X))
                 out.append((T, est.output(T)))
         return out
 
@@ -684,6 +765,21 @@ class Plan:
                 deltas.append([_blocks(functools.partial(est.deltas, threads=threads), B, values, cols)])
             else:
                 deltas.append([est.deltas(T, ref, cols)])
+        # The moved rows of several groups go through the members' probabilities and the
+        # combination together (row by row, so the same numbers), up to EFFECT_ROWS rows at once.
+        pending: list[tuple[int, np.ndarray, list[np.ndarray]]] = []
+        size = 0
+
+        def flush() -> None:
+            probas = [est.proba(np.concatenate([outs[m] for _, _, outs in pending]))
+                      for m, (_, est) in enumerate(self.members)]
+            p = self._combine(probas)
+            start = 0
+            for g, rows, _ in pending:
+                effects[rows, g] = base[rows] - p[start + np.arange(len(rows)), pred[rows]]
+                start += len(rows)
+            pending.clear()
+
         for g in range(len(self.groups)):
             moved = np.zeros(n, dtype=bool)
             member_delta = []
@@ -695,13 +791,17 @@ class Plan:
             rows = np.flatnonzero(moved)
             if not len(rows):
                 continue
-            probas = []
+            outs = []
             for (_, est), (_, out), d in zip(self.members, outputs, member_delta, strict=True):
                 o = out[0] if isinstance(est, _Boosting) else out
-                o = o[rows] if d is None else o[rows] + d[rows]
-                probas.append(est.proba(o))
-            p = self._combine(probas)
-            effects[rows, g] = base[rows] - p[np.arange(len(rows)), pred[rows]]
+                outs.append(o[rows] if d is None else o[rows] + d[rows])
+            pending.append((g, rows, outs))
+            size += len(rows)
+            if size >= EFFECT_ROWS:
+                flush()
+                size = 0
+        if pending:
+            flush()
         return proba, effects
 
 
@@ -819,7 +919,7 @@ def _compile(pipeline: Any, columns: list[str], groups: list[tuple[str, list[str
             cols.append(np.array([j for j, s in enumerate(sources) if s in moved], dtype=np.intp))
         if not set(sources) <= set(ref_b.columns):
             raise _Unsupported("sources")
-        T_ref = prep.transform(ref_b)[0]
+        T_ref = prep.transform(_columns(ref_b), 1)[0]
         if isinstance(est, _Boosting):
             est.prepare(T_ref)
         plan.member_cols.append(cols)

@@ -78,8 +78,9 @@ def prepare(frame: pd.DataFrame, model: Model) -> pd.DataFrame:
             "Score data with the same tables (customers, engagements, marketing) the model was trained on.",
         )
     X = model_input(frame, model.feature_names)
+    dtypes = X.dtypes
     for col, dtype in model.feature_dtypes.items():
-        if dtype == "float64" and not pd.api.types.is_float_dtype(X[col]):
+        if dtype == "float64" and not pd.api.types.is_float_dtype(dtypes[col]):
             raise ModelError(f"feature '{col}' is not numeric in the data.", "Check the input tables' types.")
     return X
 
