@@ -558,6 +558,46 @@ def test_batcher_merges_queued_requests_and_sheds_beyond_the_queue_limit() -> No
     assert calls == [1, 2]
 
 
+def test_batcher_runs_a_second_call_only_next_to_large_ones() -> None:
+    """Two workers: requests arriving during a small call wait and are merged into the next one;
+    a request arriving during a large call is scored next to it and answered first."""
+    calls: list[tuple[str, int]] = []
+
+    class SlowScorer:
+        def score(self, customers: list[Any], as_of: dt.date, with_reasons: bool) -> list[dict[str, Any]]:
+            calls.append(("start", len(customers)))
+            time.sleep(0.3 if len(customers) >= 4 else 0.15)
+            calls.append(("end", len(customers)))
+            return [{"customer_id": c["customer_id"]} for c in customers]
+
+    def customers(*ids: str) -> list[Any]:
+        from clvtier.serve.schemas import Customer
+        return [Customer(customer_id=i) for i in ids]
+
+    async def scenario() -> None:
+        batcher = MicroBatcher(SlowScorer(), workers=2, parallel_from=4)  # type: ignore[arg-type]
+        await batcher.start()
+        day = dt.date(2024, 1, 1)
+        try:
+            small = asyncio.create_task(batcher.score(customers("a"), day, False))
+            await asyncio.sleep(0.05)
+            merged = [asyncio.create_task(batcher.score(customers(x), day, False)) for x in "bc"]
+            await asyncio.gather(small, *merged)
+            assert calls == [("start", 1), ("end", 1), ("start", 2), ("end", 2)]
+            calls.clear()
+            large = asyncio.create_task(batcher.score(customers(*"defg"), day, False))
+            await asyncio.sleep(0.05)
+            beside = asyncio.create_task(batcher.score(customers("h"), day, False))
+            assert [s["customer_id"] for s in await beside] == ["h"]
+            assert not large.done()
+            assert [s["customer_id"] for s in await large] == list("defg")
+            assert calls == [("start", 4), ("start", 1), ("end", 1), ("end", 4)]
+        finally:
+            await batcher.stop()
+
+    asyncio.run(scenario())
+
+
 def test_one_json_log_line_per_request(client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="clvtier.serve"):
         r = client.get("/healthz", headers={"X-Request-ID": "log-me"})

@@ -2,10 +2,15 @@
 
 Scoring has a large fixed cost per call (the SQL plan, the pipeline's column
 handling) and a small cost per customer, so one call for ten single-customer
-requests costs little more than one of them. Requests that arrive while the
-workers are busy queue up; a free worker takes everything queued (up to
-``max_customers`` customers), groups it by ``(as_of, reasons)`` and scores each
-group at once. Nothing waits on purpose: an idle service scores a request at once.
+requests costs little more than one of them. Requests that arrive while a call
+runs queue up; the next call takes everything queued (up to ``max_customers``
+customers), groups it by ``(as_of, reasons)`` and scores each group at once.
+Nothing waits on purpose: an idle service scores a request at once.
+
+Calls run side by side (up to ``workers``) only while every running call is large
+(``parallel_from`` customers or more): a small request then does not wait behind a
+large batch. Next to small calls, a second call would only split the queue into two
+calls that pay the fixed cost twice and share the same cores.
 
 Scores do not depend on the batch a customer lands in: features are computed per
 customer and the model scores rows independently.
@@ -39,42 +44,49 @@ class _Job:
 
 
 class MicroBatcher:
-    """Score requests through ``workers`` threads, merging the ones that queue up.
+    """Score requests in calls on worker threads, merging the ones that queue up.
 
     Parameters
     ----------
     scorer : Scorer
     workers : int
-        Scoring calls running at the same time.
+        Most scoring calls running at the same time.
     max_customers : int
         Requests are merged up to this many customers (a larger request runs alone).
     max_queued : int
         Customers allowed to wait; a request that would exceed it is refused with
         :class:`Overloaded` at once, rather than answered late.
+    parallel_from : int
+        A call starts next to running ones only if each of them has at least this
+        many customers.
     """
 
     def __init__(self, scorer: Scorer, workers: int = 2, max_customers: int = 1000,
-                 max_queued: int = 50_000) -> None:
+                 max_queued: int = 50_000, parallel_from: int = 500) -> None:
         self.scorer = scorer
         self.workers = workers
         self.max_customers = max_customers
         self.max_queued = max_queued
+        self.parallel_from = parallel_from
         self._queued = 0
         self._queue: asyncio.Queue[_Job] | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._running: dict[int, int] = {}  # call number -> customers
+        self._changed: asyncio.Condition | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self._limiter = anyio.CapacityLimiter(workers)
 
     async def start(self) -> None:
         self._queue = asyncio.Queue()
-        self._tasks = [asyncio.create_task(self._work(), name=f"scoring-{i}") for i in range(self.workers)]
+        self._changed = asyncio.Condition()
+        self._tasks = {asyncio.create_task(self._dispatch(), name="scoring-dispatch")}
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        for task in list(self._tasks):
             task.cancel()
-        for task in self._tasks:
+        for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._tasks = []
+        self._tasks = set()
 
     async def score(self, customers: list[Customer], as_of: dt.date, reasons: bool) -> list[dict[str, Any]]:
         """Scores of ``customers`` at ``as_of``, in order, computed with whatever else is queued."""
@@ -87,16 +99,34 @@ class MicroBatcher:
         self._queue.put_nowait(job)
         return await job.done
 
-    async def _work(self) -> None:
-        assert self._queue is not None
+    def _may_start(self) -> bool:
+        return len(self._running) < self.workers and all(n >= self.parallel_from for n in self._running.values())
+
+    async def _dispatch(self) -> None:
+        """Take queued requests into calls, one call at a time unless every running call is large."""
+        assert self._queue is not None and self._changed is not None
+        calls = 0
         while True:
-            jobs = [await self._queue.get()]
-            n = len(jobs[0].customers)
+            first = await self._queue.get()
+            async with self._changed:
+                await self._changed.wait_for(self._may_start)
+            jobs = [first]
+            n = len(first.customers)
             while n < self.max_customers and not self._queue.empty():
                 nxt = self._queue.get_nowait()
                 jobs.append(nxt)
                 n += len(nxt.customers)
             self._queued -= n
+            calls += 1
+            self._running[calls] = n
+            task = asyncio.create_task(self._call(calls, jobs), name=f"scoring-{calls}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _call(self, number: int, jobs: list[_Job]) -> None:
+        """Score ``jobs`` (grouped by date and reasons) and answer each caller."""
+        assert self._changed is not None
+        try:
             groups: dict[tuple[dt.date, bool], list[_Job]] = {}
             for job in jobs:
                 groups.setdefault((job.as_of, job.reasons), []).append(job)
@@ -116,6 +146,10 @@ class MicroBatcher:
                         job.done.set_exception(result)
                     else:
                         job.done.set_result(result)
+        finally:
+            async with self._changed:
+                del self._running[number]
+                self._changed.notify_all()
 
     def _score(self, jobs: list[_Job], as_of: dt.date,
                reasons: bool) -> list[list[dict[str, Any]] | Exception]:
