@@ -44,7 +44,8 @@ class Settings(BaseModel):
     max_records_per_customer : int
         Transactions plus offers of one customer (413 beyond).
     max_concurrency : int
-        Scoring computations running at the same time; the others wait.
+        Most scoring computations running at the same time; a second one starts only
+        next to large ones (see :class:`clvtier.serve.batching.MicroBatcher`).
     max_queued_customers : int
         Customers allowed to wait for scoring; beyond, requests get 503 at once.
     """
