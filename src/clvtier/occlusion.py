@@ -28,7 +28,9 @@ call is split into parts scored side by side (:data:`PARALLEL_ROWS`).
 
 On many rows, the trees read bins counted over their own thresholds and, once a
 tree has seen enough rows, a table of its leaf values (:class:`_Table`): the same
-leaves as scikit-learn's walk down the tree, without a branch per row.
+leaves as scikit-learn's walk down the tree, without a branch per row. On a few rows
+(the service's single customers), every tree is walked at once (:class:`_Forest`), one
+array operation per tree level instead of a call per tree.
 
 Pipelines of other shapes (k-nearest neighbours, random forest, naive Bayes)
 have no plan (:func:`compile_plan` returns None); their effects are computed by
@@ -495,10 +497,6 @@ class _Boosting:
         missing-value bin.
         """
         threads = threads or self.threads
-        if len(B) <= FOREST_ROWS and len(preds) == len(self.trees) \
-                and all(p is q for p, (_, q) in zip(preds, self.trees, strict=True)):
-            yield from self.forest.values(B, self.missing_bin)
-            return
         if len(B) < TABLE_ROWS:
             for pred in preds:
                 yield pred.predict_binned(B, self.missing_bin, threads)
@@ -516,6 +514,13 @@ class _Boosting:
                 yield pred.predict_binned(B, self.missing_bin, threads)
             else:
                 yield table.values(B, work)
+
+    def every(self, B: np.ndarray, threads: int | None = None) -> np.ndarray | Iterator[np.ndarray]:
+        """Every tree's values on ``B``, in sklearn's order: at most :data:`FOREST_ROWS` rows walk
+        all the trees at once (an array, trees x rows), more go tree by tree (:meth:`values`)."""
+        if len(B) <= FOREST_ROWS:
+            return self.forest.values(B, self.missing_bin)
+        return self.values([pred for _, pred in self.trees], B, threads)
 
     def prepare(self, ref: np.ndarray) -> None:
         self.ref_bins = self.binned(ref[None, :])[0]
@@ -542,10 +547,9 @@ class _Boosting:
         """Raw predictions (summed in sklearn's order), each tree's values (empty unless ``keep``),
         and the binned input."""
         B = self.binned(T, threads)
-        if len(B) <= FOREST_ROWS:
-            every = self.forest.values(B, self.missing_bin)
-            return self.raw(every, len(B)), list(every) if keep else [], B
-        values = self.values([pred for _, pred in self.trees], B, threads)
+        values = self.every(B, threads)
+        if isinstance(values, np.ndarray):
+            return self.raw(values, len(B)), list(values) if keep else [], B
         if keep:
             kept = list(values)
             return self.raw(kept, len(B)), kept, B
@@ -588,7 +592,7 @@ class _Boosting:
             for j, g in enumerate(live):
                 copies[j][:, list(keys[g])] = self.ref_bins[list(keys[g])]
             flat = copies.reshape(-1, B.shape[1])
-            every = self.values([pred for _, pred in self.trees], flat, threads)
+            every = self.every(flat, threads)
             # A tree that does not split on a group leaves its copy in the customer's leaf:
             # it adds exactly 0, so summing over every tree gives the pruned trees' sums.
             sums = np.zeros((K, len(live), len(B)))
