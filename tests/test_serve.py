@@ -608,6 +608,7 @@ def test_one_json_log_line_per_request(client: TestClient, caplog: pytest.LogCap
     assert {k: line[k] for k in ("request_id", "method", "path", "status")} == {
         "request_id": "log-me", "method": "GET", "path": "/healthz", "status": 200}
     assert line["duration_ms"] >= 0 and line["level"] == "info"
+    assert line["pid"] == os.getpid()  # which server process answered, when there are several
 
 
 def test_settings_from_env(tmp_path: Path) -> None:

@@ -13,13 +13,14 @@ FIELDS = ("request_id", "method", "path", "status", "duration_ms", "error")
 
 
 class JsonFormatter(logging.Formatter):
-    """Format a record as one JSON line: time, level, logger, message and the request fields."""
+    """Format a record as one JSON line: time, level, logger, process, message and the request fields."""
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, object] = {
             "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
+            "pid": record.process,  # which server process, when there are several
             "msg": record.getMessage(),
         }
         for name in FIELDS:
