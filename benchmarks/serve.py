@@ -34,6 +34,7 @@ import random
 import signal
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,6 @@ from clvtier.serve.process import free_port, start_server
 
 #: A single-customer request slower than this counts as an error (and bounds the run).
 REQUEST_TIMEOUT_S = 10.0
-JSON = {"Content-Type": "application/json"}
 
 
 def make_data(workdir: Path, n_customers: int, seed: int) -> Path:
@@ -103,6 +103,15 @@ def customer_records(data_dir: Path) -> tuple[list[dict[str, Any]], str]:
     return list(out.values()), (ds.last_date + dt.timedelta(days=1)).isoformat()
 
 
+async def post(client: aiohttp.ClientSession, url: str, body: bytes, reasons: bool, timeout: float) -> int:
+    """POST ``body`` to ``/v1/score`` and read the whole answer; its status code."""
+    async with client.post(f"{url}/v1/score", params={"reasons": str(reasons).lower()}, data=body,
+                           headers={"Content-Type": "application/json"},
+                           timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+        await r.read()
+        return r.status
+
+
 async def fixed_rate(client: aiohttp.ClientSession, url: str, bodies: list[bytes], rate: float, seconds: float,
                      reasons: bool) -> dict[str, Any]:
     """Send single-customer requests at ``rate``/s for ``seconds``; latency from each scheduled send time."""
@@ -116,12 +125,9 @@ async def fixed_rate(client: aiohttp.ClientSession, url: str, bodies: list[bytes
         scheduled = start + i / rate
         await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
         try:
-            async with client.post(f"{url}/v1/score", params={"reasons": str(reasons).lower()},
-                                   data=bodies[i % len(bodies)], headers=JSON,
-                                   timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)) as r:
-                await r.read()
-                if r.status != 200:
-                    errors[str(r.status)] = errors.get(str(r.status), 0) + 1
+            status = await post(client, url, bodies[i % len(bodies)], reasons, REQUEST_TIMEOUT_S)
+            if status != 200:
+                errors[str(status)] = errors.get(str(status), 0) + 1
         except (aiohttp.ClientError, TimeoutError) as exc:
             errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
         latencies.append((time.perf_counter() - scheduled) * 1000)
@@ -146,13 +152,10 @@ async def batches(client: aiohttp.ClientSession, url: str, bodies: list[bytes], 
         while queue and time.perf_counter() - start < max_seconds:
             body = queue.pop()
             try:
-                async with client.post(f"{url}/v1/score", params={"reasons": str(reasons).lower()}, data=body,
-                                       headers=JSON, timeout=aiohttp.ClientTimeout(total=300)) as r:
-                    await r.read()
-                    if r.status == 200:
-                        done += 1
-                    else:
-                        errors += 1
+                if await post(client, url, body, reasons, 300) == 200:
+                    done += 1
+                else:
+                    errors += 1
             except (aiohttp.ClientError, TimeoutError):
                 errors += 1
 
@@ -172,8 +175,7 @@ async def load_run(url: str, customers: list[dict[str, Any]], as_of: str, args: 
         batch_bodies.append(json.dumps({"as_of": as_of, "customers": picked}).encode())
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200)) as client:
         for body in singles[:20]:  # warm up
-            async with client.post(f"{url}/v1/score", data=body, headers=JSON) as r:
-                await r.read()
+            await post(client, url, body, True, 60)
         single = await fixed_rate(client, url, singles, args.rate, args.seconds, reasons=True)
         single_plain = await fixed_rate(client, url, singles, args.rate, args.seconds, reasons=False)
         plain = await batches(client, url, batch_bodies, args.batch_size, False, args.batch_seconds, args.concurrency)
@@ -185,15 +187,15 @@ async def load_run(url: str, customers: list[dict[str, Any]], as_of: str, args: 
 
 def per_process(log: Path) -> str:
     """How many scoring requests each server process answered (from the JSON log lines)."""
-    counts: dict[int, int] = {}
+    counts: Counter[int] = Counter()
     for line in log.read_text(errors="replace").splitlines():
         try:
             entry = json.loads(line)
         except ValueError:
             continue
         if isinstance(entry, dict) and entry.get("path") == "/v1/score" and "pid" in entry:
-            counts[entry["pid"]] = counts.get(entry["pid"], 0) + 1
-    return ", ".join(f"{n:,}" for n in sorted(counts.values(), reverse=True)) or "none logged"
+            counts[entry["pid"]] += 1
+    return ", ".join(f"{n:,}" for _, n in counts.most_common()) or "none logged"
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ import tomllib
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import ibis
 import pandas as pd
@@ -159,21 +159,25 @@ def discover(source: str | Path) -> dict[str, TableSource]:
             found[table.name] = TableSource(path=file, format=_format_of(file), delimiter=delim)
     if several:
         # Picking one by a preference order would silently read an older export or a draft.
-        first = next(iter(several.values()))[0].name
-        raise _several(path, {name: [f.name for f in files] for name, files in several.items()}, "file",
-                       "Keep one file per table in the directory", " to a file", f' and path = "{first}"',
-                       "directory")
+        raise _several(path, {name: [f.name for f in files] for name, files in several.items()}, "directory")
     return found
 
 
-def _several(path: Path, several: dict[str, list[str]], what: str, keep: str, to: str, entry: str,
-             instead: str) -> InputError:
-    """The error for a source holding several files or tables for one table: all named, and the fix."""
+def _several(path: Path, several: dict[str, list[str]], source: Literal["directory", "database"]) -> InputError:
+    """The error for a directory (files) or a DuckDB database (tables) holding several for one table:
+    all named, and the fix."""
     listed = " and ".join(f"the {name} table ({', '.join(items)})" for name, items in several.items())
+    table, first = next(iter(several)), next(iter(several.values()))[0]
+    if source == "directory":
+        what, keep, entry = "file", "Keep one file per table in the directory, or map the table to a file", \
+            f' and path = "{first}"'
+    else:
+        what, keep, entry = "table or view", "Keep one of them in the database, or map the table", \
+            f', path = "{path.name}" and table = "{first}"'
     return InputError(
         f"{path}: more than one {what} for {listed}; clvtier does not guess which one to read.",
-        f"{keep}, or map the table{to} with a config: a mapping file with [{next(iter(several))}]{entry}, "
-        f"and a section for each other table (docs/mapping.md); pass the mapping file instead of the {instead}.",
+        f"{keep} with a config: a mapping file with [{table}]{entry}, and a section for each other table "
+        f"(docs/mapping.md); pass the mapping file instead of the {source}.",
     )
 
 
@@ -203,9 +207,7 @@ def _discover_duckdb(path: Path) -> dict[str, TableSource]:
             found[table.name] = TableSource(path=path, format="duckdb", db_table=stems[0])
     if several:
         # As with files in a directory: picking one would silently read an older copy.
-        first = next(iter(several.values()))[0]
-        raise _several(path, several, "table or view", "Keep one of them in the database", "",
-                       f', path = "{path.name}" and table = "{first}"', "database")
+        raise _several(path, several, "database")
     return found
 
 

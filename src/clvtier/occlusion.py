@@ -166,15 +166,12 @@ class _NumericBlock:
 
 @dataclass
 class _CategoricalBlock:
-    """A fitted categorical pipeline (imputer + one-hot) as a lookup table per column."""
+    """A fitted categorical pipeline (imputer + one-hot) as a lookup matrix per column."""
 
     columns: list[str]
     widths: list[int]
-    tables: list[dict[Any, np.ndarray]]
-    missing: list[np.ndarray]
-    unknown: list[np.ndarray]
-    positions: list[dict[Any, int]] = field(init=False, repr=False)
-    matrices: list[np.ndarray] = field(init=False, repr=False)
+    positions: list[dict[Any, int]]  # per column, each known value's row in its matrix
+    matrices: list[np.ndarray]       # per column, the output rows: each known value's, missing, unseen
 
     @classmethod
     def build(cls, pipe: Any, columns: list[str]) -> _CategoricalBlock:
@@ -188,7 +185,7 @@ class _CategoricalBlock:
             raise _Unsupported("one-hot layout")
         starts = np.concatenate([[0], np.cumsum(widths)])
         base = [encoder.categories_[i][0] for i in range(len(columns))]
-        tables, missing, unknown = [], [], []
+        positions, matrices = [], []
         for i, col in enumerate(columns):
             known = [v for v in encoder.categories_[i] if isinstance(v, str)]
             sentinel = "\x00unseen"
@@ -197,17 +194,9 @@ class _CategoricalBlock:
             values = [*known, np.nan, sentinel]
             frame = pd.DataFrame({c: [base[j]] * len(values) for j, c in enumerate(columns)}, dtype=object)
             frame[col] = pd.Series(values, dtype=object)
-            out = np.asarray(pipe.transform(frame), dtype=np.float64)[:, starts[i]:starts[i + 1]]
-            tables.append({v: out[k] for k, v in enumerate(known)})
-            missing.append(out[len(known)])
-            unknown.append(out[len(known) + 1])
-        return cls(columns, widths, tables, missing, unknown)
-
-    def __post_init__(self) -> None:
-        self.positions = [{v: k for k, v in enumerate(table)} for table in self.tables]
-        self.matrices = [np.vstack([*table.values(), missing, unknown]).reshape(len(table) + 2, width)
-                         for table, missing, unknown, width in zip(self.tables, self.missing, self.unknown,
-                                                                   self.widths, strict=True)]
+            positions.append({v: k for k, v in enumerate(known)})
+            matrices.append(np.asarray(pipe.transform(frame), dtype=np.float64)[:, starts[i]:starts[i + 1]])
+        return cls(columns, widths, positions, matrices)
 
     @property
     def sources(self) -> list[str]:
@@ -222,9 +211,8 @@ class _CategoricalBlock:
         start = 0
         for i, col in enumerate(self.columns):
             codes, uniques = pd.factorize(X[col], use_na_sentinel=True)
-            # Rows of the column's lookup matrix: each known value's, then missing, then unseen.
-            unseen = len(self.tables[i]) + 1
             position = self.positions[i]
+            unseen = len(position) + 1  # the matrix's last row; missing values take the one before
             where = np.array([position.get(u, unseen) if isinstance(u, str) else unseen for u in uniques]
                              + [unseen - 1], dtype=np.intp)
             out[:, start:start + self.widths[i]] = self.matrices[i][where[codes]]

@@ -73,7 +73,6 @@ class MicroBatcher:
         self._running: dict[int, int] = {}  # call number -> customers
         self._changed: asyncio.Condition | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._limiter = anyio.CapacityLimiter(workers)
 
     async def start(self) -> None:
         self._queue = asyncio.Queue()
@@ -135,8 +134,7 @@ class MicroBatcher:
                 if not live:
                     continue
                 try:
-                    results = await anyio.to_thread.run_sync(self._score, live, as_of, reasons,
-                                                             limiter=self._limiter)
+                    results = await anyio.to_thread.run_sync(self._score, live, as_of, reasons)
                 except Exception as exc:  # delivered to every caller in the group
                     results = [exc for _ in live]
                 for job, result in zip(live, results, strict=True):
