@@ -185,33 +185,38 @@ def feature_expr(tables: Mapping[str, ir.Table], spec: FeatureSpec,
     cutoff = ibis.param("date")
     tx = tables["transactions"]
     tx = tx.filter(tx.transaction_date < cutoff)
-    tx_features = _transaction_features(tx, spec, cutoff)
+    parts = [_transaction_features(tx, spec, cutoff)]
+    if "customers" in spec.tables:
+        parts.append(_profile_features(tables["customers"], cutoff))
+    if "engagements" in spec.tables:
+        parts.append(_engagement_features(tables["engagements"]))
+    if "marketing" in spec.tables:
+        parts.append(_marketing_features(tables["marketing"], spec, cutoff))
     if known is not None:
-        expr = known.select("customer_id").left_join(tx_features, "customer_id").drop("customer_id_right")
+        base = known.select("customer_id")
     elif "customers" in spec.tables:
         base = _known_customers(tables, spec, tx, cutoff)
-        expr = base.left_join(tx_features, "customer_id").drop("customer_id_right")
     else:  # every customer known at the cutoff has bought before it
-        expr = tx_features
-    if "customers" in spec.tables:
-        expr = _join(expr, _profile_features(tables["customers"], cutoff))
-        first = expr.first_purchase_day
-        # A join date on or after the cutoff is not known yet: fall back to the first purchase.
-        join = ibis.ifelse(expr.join_date < cutoff, expr.join_date, first)
-        expr = expr.mutate(
-            days_since_join=ibis.ifelse(join.isnull(), 0, cutoff.delta(join, unit="day")).cast("float64")
-        ).drop("join_date")
-    if "engagements" in spec.tables:
-        expr = _join(expr, _engagement_features(tables["engagements"]))
-    if "marketing" in spec.tables:
-        expr = _join(expr, _marketing_features(tables["marketing"], spec, cutoff))
-    expr = expr.drop("first_purchase_day")
+        base, parts = parts[0], parts[1:]
+    # One chain of joins on the base's customer and one projection: engines bind and
+    # plan it in one step (a select after each join nests a subquery per table).
+    joined = base
+    for part in parts:
+        joined = joined.left_join(part, base.customer_id == part.customer_id)
     columns = feature_columns(spec)
-    fills = {c: 0.0 for c, m in columns.items() if m["kind"] == "numeric" and c != "age"}
-    expr = expr.mutate(
-        **{c: (expr[c].fill_null(0) if c in fills else expr[c]).cast(_dtype(columns[c])) for c in columns}
-    )
-    return expr.select("customer_id", *columns).order_by("customer_id"), cutoff
+    values: dict[str, ir.Value] = {}
+    for c, meta in columns.items():
+        if c == "days_since_join":
+            # A join date on or after the cutoff is not known yet: fall back to the first purchase.
+            known_join = ibis.ifelse(joined.join_date < cutoff, joined.join_date, joined.first_purchase_day)
+            value = ibis.ifelse(known_join.isnull(), 0, cutoff.delta(known_join, unit="day"))
+        else:
+            value = joined[c]
+        if meta["kind"] == "numeric" and c != "age":
+            value = value.fill_null(0)
+        values[c] = value.cast(_dtype(meta))
+    expr = joined.select(customer_id=base.customer_id, **values)
+    return expr.order_by("customer_id"), cutoff
 
 
 def spend_summary_expr(tables: Mapping[str, ir.Table], spec: FeatureSpec) -> tuple[ir.Table, ir.Scalar]:
