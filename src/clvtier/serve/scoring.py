@@ -12,6 +12,7 @@ on them on its own DuckDB cursor, and scores the frame with
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 import string
 import threading
 from collections.abc import Sequence
@@ -66,6 +67,9 @@ class FeatureQuery:
         placeholders = {name: ibis.table(contract_schema(name), name=name) for name in self.tables}
         known = ibis.table({"customer_id": "string"}, name=KNOWN_TABLE)
         expr, cutoff = feature_expr(placeholders, spec, known=known)
+        if not {KNOWN_TABLE, *self.tables} <= _EXECUTE_TABLES:
+            raise ModelError(f"the service cannot pass the tables {sorted(self.tables)} to the feature query.",
+                             "This is a bug; report it with the clvtier version.")
         self.columns = list(expr.columns)
         self.sql = _compile_with_parameter(expr, cutoff)
 
@@ -86,6 +90,9 @@ def _execute(con: duckdb.DuckDBPyConnection, sql: str, cutoff: dt.date, *, reque
     """
     return con.execute(sql, {"cutoff": cutoff}).df()
 
+
+#: The tables :func:`_execute` can pass to DuckDB (its keyword parameters).
+_EXECUTE_TABLES = frozenset(inspect.signature(_execute).parameters) - {"con", "sql", "cutoff"}
 
 #: The scoring connection: one thread per query, and table names resolved to the Python
 #: variables of :func:`_execute` (only its own frame is searched).
