@@ -17,6 +17,9 @@ with the default candidates, as a user would. The last line is machine-readable:
 printed above it.) The load comes from aiohttp in this process, on the same cores as the
 server; the CPU time it used is printed with the single-customer figures (about 1 ms per
 request; an httpx client took about 4 ms, and added some 40 ms to the p50 it measured).
+Under each single-customer line, the p50 / p99 of the durations the server logged for the
+same requests: the time inside the server, without the wait in the socket queues and the
+load generator's own delays.
 
 Usage::
 
@@ -103,18 +106,25 @@ def customer_records(data_dir: Path) -> tuple[list[dict[str, Any]], str]:
     return list(out.values()), (ds.last_date + dt.timedelta(days=1)).isoformat()
 
 
-async def post(client: aiohttp.ClientSession, url: str, body: bytes, reasons: bool, timeout: float) -> int:
-    """POST ``body`` to ``/v1/score`` and read the whole answer; its status code."""
+async def post(client: aiohttp.ClientSession, url: str, body: bytes, reasons: bool, timeout: float,
+               request_id: str | None = None) -> int:
+    """POST ``body`` to ``/v1/score`` (with ``X-Request-ID`` when given) and read the whole answer; its status."""
+    headers = {"Content-Type": "application/json"}
+    if request_id:
+        headers["X-Request-ID"] = request_id
     async with client.post(f"{url}/v1/score", params={"reasons": str(reasons).lower()}, data=body,
-                           headers={"Content-Type": "application/json"},
-                           timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+                           headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)) as r:
         await r.read()
         return r.status
 
 
 async def fixed_rate(client: aiohttp.ClientSession, url: str, bodies: list[bytes], rate: float, seconds: float,
-                     reasons: bool) -> dict[str, Any]:
-    """Send single-customer requests at ``rate``/s for ``seconds``; latency from each scheduled send time."""
+                     reasons: bool, phase: str) -> dict[str, Any]:
+    """Send single-customer requests at ``rate``/s for ``seconds``; latency from each scheduled send time.
+
+    Request ids are ``{phase}-{i}``, so the server's own durations of the phase can be read
+    from its log (:func:`server_latency`).
+    """
     n = int(rate * seconds)
     cpu = time.process_time()
     latencies: list[float] = []
@@ -125,7 +135,7 @@ async def fixed_rate(client: aiohttp.ClientSession, url: str, bodies: list[bytes
         scheduled = start + i / rate
         await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
         try:
-            status = await post(client, url, bodies[i % len(bodies)], reasons, REQUEST_TIMEOUT_S)
+            status = await post(client, url, bodies[i % len(bodies)], reasons, REQUEST_TIMEOUT_S, f"{phase}-{i}")
             if status != 200:
                 errors[str(status)] = errors.get(str(status), 0) + 1
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -176,8 +186,9 @@ async def load_run(url: str, customers: list[dict[str, Any]], as_of: str, args: 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200)) as client:
         for body in singles[:20]:  # warm up
             await post(client, url, body, True, 60)
-        single = await fixed_rate(client, url, singles, args.rate, args.seconds, reasons=True)
-        single_plain = await fixed_rate(client, url, singles, args.rate, args.seconds, reasons=False)
+        single = await fixed_rate(client, url, singles, args.rate, args.seconds, reasons=True, phase="single-reasons")
+        single_plain = await fixed_rate(client, url, singles, args.rate, args.seconds, reasons=False,
+                                        phase="single-plain")
         plain = await batches(client, url, batch_bodies, args.batch_size, False, args.batch_seconds, args.concurrency)
         explained = await batches(client, url, batch_bodies, args.batch_size, True, args.batch_seconds,
                                   args.concurrency)
@@ -185,16 +196,31 @@ async def load_run(url: str, customers: list[dict[str, Any]], as_of: str, args: 
             "batch_reasons": explained}
 
 
-def per_process(log: Path) -> str:
-    """How many scoring requests each server process answered (from the JSON log lines)."""
-    counts: Counter[int] = Counter()
+def log_entries(log: Path) -> list[dict[str, Any]]:
+    """The server's JSON log lines (other lines skipped)."""
+    out = []
     for line in log.read_text(errors="replace").splitlines():
         try:
             entry = json.loads(line)
         except ValueError:
             continue
-        if isinstance(entry, dict) and entry.get("path") == "/v1/score" and "pid" in entry:
-            counts[entry["pid"]] += 1
+        if isinstance(entry, dict):
+            out.append(entry)
+    return out
+
+
+def server_latency(entries: list[dict[str, Any]], phase: str) -> str:
+    """p50 / p99 of the durations the server logged for the requests of ``phase``: time spent inside it."""
+    ms = [e["duration_ms"] for e in entries
+          if str(e.get("request_id", "")).startswith(f"{phase}-") and isinstance(e.get("duration_ms"), int | float)]
+    if not ms:
+        return "none logged"
+    return f"p50 {np.percentile(ms, 50):.1f} ms, p99 {np.percentile(ms, 99):.1f} ms ({len(ms)} requests)"
+
+
+def per_process(entries: list[dict[str, Any]]) -> str:
+    """How many scoring requests each server process answered (from the JSON log lines)."""
+    counts: Counter[int] = Counter(e["pid"] for e in entries if e.get("path") == "/v1/score" and "pid" in e)
     return ", ".join(f"{n:,}" for _, n in counts.most_common()) or "none logged"
 
 
@@ -243,15 +269,18 @@ def main() -> None:
         print(f"model {model}; {args.workers} server worker(s){each}; load average {load_before:.1f} before the "
               f"load, {os.getloadavg()[0]:.1f} after, on {os.cpu_count()} CPUs")
         s, plain, explained = result["single"], result["batch_no_reasons"], result["batch_reasons"]
-        for label, x in (("reasons=true", s), ("reasons=false", result["single_no_reasons"])):
+        entries = log_entries(log)
+        for label, phase, x in (("reasons=true", "single-reasons", s),
+                                ("reasons=false", "single-plain", result["single_no_reasons"])):
             print(f"single customers ({label}): {x['requests']} requests at {args.rate:g}/s over "
                   f"{x['seconds']:.1f} s: p50 {x['p50_ms']:.1f} ms, p99 {x['p99_ms']:.1f} ms, "
                   f"max {x['max_ms']:.1f} ms, errors {x['errors']} {x['error_kinds'] or ''}"
                   f"(load generator CPU {x['client_cpu_s']:.1f} s)")
+            print(f"  inside the server (its log): {server_latency(entries, phase)}")
         for label, b in (("reasons=false", plain), ("reasons=true", explained)):
             print(f"batches of {args.batch_size} ({label}, {args.concurrency} in flight): {b['batches']} in "
                   f"{b['seconds']:.1f} s, {b['customers_per_s']:,.0f} customers/s, errors {b['errors']}")
-        print(f"scoring requests per server process: {per_process(log)}")
+        print(f"scoring requests per server process: {per_process(entries)}")
         print(f"server exit code after SIGTERM: {code}")
         errors = s["errors"] + result["single_no_reasons"]["errors"] + plain["errors"] + explained["errors"]
         print(f"serve p50_ms={s['p50_ms']:.1f} p99_ms={s['p99_ms']:.1f} errors={errors} "
