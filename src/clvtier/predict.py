@@ -220,20 +220,23 @@ def score_frame(model: Model, features: pd.DataFrame, with_reasons: bool = True)
         proba = proba_in_tier_order(model.pipeline, X)
     ids = features["customer_id"].astype(str).array
     # Tiers taken from an array of the ids' string type: no per-row conversion of Python strings.
-    out = pd.DataFrame({
+    columns: dict[str, Any] = {
         "customer_id": ids,
         "tier": pd.array(list(TIERS), dtype=ids.dtype).take(np.argmax(proba, axis=1)),
         "p_low": proba[:, 0], "p_medium": proba[:, 1], "p_high": proba[:, 2],
-    })
+    }
     if with_reasons:
         groups = explanation_groups(list(X.columns))
         if effects is None:
             effects = occlusion_effects(model.pipeline, X, proba, model.reference, groups)
         names, top = top_reasons(effects, [g[0] for g in groups], N_REASONS)
+        n = len(X)
         for k in range(N_REASONS):
-            out[f"reason_{k + 1}"] = names[:, k] if k < names.shape[1] else ""
-            out[f"reason_{k + 1}_effect"] = top[:, k] if k < top.shape[1] else 0.0
-    return out
+            columns[f"reason_{k + 1}"] = names[:, k] if k < names.shape[1] else np.full(n, "", dtype=object)
+            columns[f"reason_{k + 1}_effect"] = top[:, k] if k < top.shape[1] else np.zeros(n)
+    # One frame from all columns: inserting columns one by one costs more than the data for
+    # the few customers of a service request.
+    return pd.DataFrame(columns)
 
 
 def predict(model: Model, data: Any, as_of: dt.date | None = None, with_reasons: bool = True) -> pd.DataFrame:
