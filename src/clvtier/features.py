@@ -187,7 +187,7 @@ def feature_expr(tables: Mapping[str, ir.Table], spec: FeatureSpec,
     tx = tx.filter(tx.transaction_date < cutoff)
     parts = [_transaction_features(tx, spec, cutoff)]
     if "customers" in spec.tables:
-        parts.append(_profile_features(tables["customers"], cutoff))
+        parts.append(_profile_features(tables["customers"]))
     if "engagements" in spec.tables:
         parts.append(_engagement_features(tables["engagements"]))
     if "marketing" in spec.tables:
@@ -356,7 +356,7 @@ def _transaction_features(tx: ir.Table, spec: FeatureSpec, cutoff: ir.Scalar) ->
     return g.select(*keep, **derived)
 
 
-def _profile_features(customers: ir.Table, cutoff: ir.Scalar) -> ir.Table:
+def _profile_features(customers: ir.Table) -> ir.Table:
     return customers.select("customer_id", "age", "gender", "location", "join_date")
 
 

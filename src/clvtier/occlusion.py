@@ -580,11 +580,11 @@ class _Boosting:
             for j, g in enumerate(live):
                 copies[j][:, list(keys[g])] = self.ref_bins[list(keys[g])]
             flat = copies.reshape(-1, B.shape[1])
-            every = self.every(flat, threads)
+            moved_values = self.every(flat, threads)
             # A tree that does not split on a group leaves its copy in the customer's leaf:
             # it adds exactly 0, so summing over every tree gives the pruned trees' sums.
             sums = np.zeros((K, len(live), len(B)))
-            for (k, _), moved, v in zip(self.trees, every, values, strict=True):
+            for (k, _), moved, v in zip(self.trees, moved_values, values, strict=True):
                 sums[k] += moved.reshape(len(live), len(B)) - v
             for j, g in enumerate(live):
                 out[g] = np.ascontiguousarray(sums[:, j, :].T)

@@ -94,9 +94,9 @@ def _execute(con: duckdb.DuckDBPyConnection, sql: str, cutoff: dt.date, *, reque
 #: The tables :func:`_execute` can pass to DuckDB (its keyword parameters).
 _EXECUTE_TABLES = frozenset(inspect.signature(_execute).parameters) - {"con", "sql", "cutoff"}
 
-#: The scoring connection: one thread per query, and table names resolved to the Python
-#: variables of :func:`_execute` (only its own frame is searched).
-DUCKDB_CONFIG = {"threads": 1, "python_enable_replacements": True, "python_scan_all_frames": False}
+#: The scoring connection's table names resolve to the Python variables of :func:`_execute`
+#: (only its own frame is searched).
+DUCKDB_CONFIG = {"python_enable_replacements": True, "python_scan_all_frames": False}
 
 
 def _compile_with_parameter(expr: Any, param: Any) -> str:
