@@ -530,14 +530,14 @@ def test_batcher_merges_queued_requests_and_sheds_beyond_the_queue_limit() -> No
     calls: list[int] = []
 
     class SlowScorer:
-        def score(self, customers: list[Any], as_of: dt.date, with_reasons: bool) -> list[dict[str, Any]]:
+        def score(self, customers: Any, as_of: dt.date, with_reasons: bool) -> list[dict[str, Any]]:
             calls.append(len(customers))
             time.sleep(0.2)
-            return [{"customer_id": c["customer_id"]} for c in customers]
+            return [{"customer_id": i} for i in customers.field("customer_id").to_pylist()]
 
-    def customers(*ids: str) -> list[Any]:
-        from clvtier.serve.schemas import Customer
-        return [Customer(customer_id=i) for i in ids]
+    def customers(*ids: str) -> Any:
+        from clvtier.serve.schemas import Customer, to_arrow
+        return to_arrow([Customer(customer_id=i) for i in ids])
 
     async def scenario() -> list[Any]:
         batcher = MicroBatcher(SlowScorer(), workers=1, max_queued=3)  # type: ignore[arg-type]
@@ -564,15 +564,15 @@ def test_batcher_runs_a_second_call_only_next_to_large_ones() -> None:
     calls: list[tuple[str, int]] = []
 
     class SlowScorer:
-        def score(self, customers: list[Any], as_of: dt.date, with_reasons: bool) -> list[dict[str, Any]]:
+        def score(self, customers: Any, as_of: dt.date, with_reasons: bool) -> list[dict[str, Any]]:
             calls.append(("start", len(customers)))
             time.sleep(0.3 if len(customers) >= 4 else 0.15)
             calls.append(("end", len(customers)))
-            return [{"customer_id": c["customer_id"]} for c in customers]
+            return [{"customer_id": i} for i in customers.field("customer_id").to_pylist()]
 
-    def customers(*ids: str) -> list[Any]:
-        from clvtier.serve.schemas import Customer
-        return [Customer(customer_id=i) for i in ids]
+    def customers(*ids: str) -> Any:
+        from clvtier.serve.schemas import Customer, to_arrow
+        return to_arrow([Customer(customer_id=i) for i in ids])
 
     async def scenario() -> None:
         batcher = MicroBatcher(SlowScorer(), workers=2, parallel_from=4)  # type: ignore[arg-type]
@@ -675,6 +675,7 @@ def test_embedded_application_leaves_the_collector_alone(client: TestClient) -> 
 
 
 def test_request_tables_keep_every_record_and_no_more() -> None:
+    from clvtier.serve.schemas import to_arrow
     from clvtier.serve.scoring import KNOWN_TABLE, request_tables
 
     customers: list[Any] = [
@@ -686,7 +687,7 @@ def test_request_tables_keep_every_record_and_no_more() -> None:
          "transactions": [], "offers": [{"date": "2023-02-01", "response": "No", "promotion_type": "Discount"}]},
     ]
     t = {k: v.to_pydict() for k, v in request_tables(
-        customers, ("transactions", "customers", "engagements", "marketing")).items()}
+        to_arrow(customers), ("transactions", "customers", "engagements", "marketing")).items()}
     assert t[KNOWN_TABLE] == {"customer_id": ["0", "1", "2"]}
     assert t["transactions"] == {
         "transaction_id": [None, "T9"], "customer_id": ["0", "0"],

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import pyarrow as pa
 
 from clvtier.errors import InputError
-from clvtier.serve.schemas import Customer
 from clvtier.serve.scoring import Scorer
 
 
@@ -37,7 +37,7 @@ class Overloaded(Exception):
 
 @dataclass
 class _Job:
-    customers: list[Customer]
+    customers: pa.StructArray
     as_of: dt.date
     reasons: bool
     done: asyncio.Future[list[dict[str, Any]]] = field(repr=False)
@@ -87,8 +87,9 @@ class MicroBatcher:
                 await task
         self._tasks = set()
 
-    async def score(self, customers: list[Customer], as_of: dt.date, reasons: bool) -> list[dict[str, Any]]:
-        """Scores of ``customers`` at ``as_of``, in order, computed with whatever else is queued."""
+    async def score(self, customers: pa.StructArray, as_of: dt.date, reasons: bool) -> list[dict[str, Any]]:
+        """Scores of ``customers`` (a :class:`~clvtier.serve.schemas.ScoreBatch`'s) at ``as_of``, in order,
+        computed with whatever else is queued."""
         if self._queue is None:
             raise RuntimeError("the batcher is not started")
         if self._queued and self._queued + len(customers) > self.max_queued:
@@ -151,7 +152,7 @@ class MicroBatcher:
 
     def _score(self, jobs: list[_Job], as_of: dt.date,
                reasons: bool) -> list[list[dict[str, Any]] | Exception]:
-        customers = [c for job in jobs for c in job.customers]
+        customers = pa.concat_arrays([job.customers for job in jobs])
         scores = self.scorer.score(customers, as_of, with_reasons=reasons)
         out: list[list[dict[str, Any]] | Exception] = []
         start = 0

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import anyio
+import pyarrow.compute as pc
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import APIKeyHeader
@@ -17,7 +18,7 @@ from clvtier.serve.schemas import (
     ErrorBody,
     Health,
     ModelInfo,
-    ScoreRequest,
+    ScoreBatch,
     ScoreResponse,
     parse_score_request,
 )
@@ -66,7 +67,7 @@ def only_query(*names: str) -> Callable[[Request], None]:
 _SMALL_BODY = 64 * 1024
 
 
-async def score_request(request: Request) -> ScoreRequest:
+async def score_request(request: Request) -> ScoreBatch:
     """The request body, parsed and validated straight from JSON bytes (see :func:`parse_score_request`)."""
     raw = await request.body()
     if len(raw) <= _SMALL_BODY:
@@ -131,7 +132,7 @@ async def model_info(model: Annotated[Model, Depends(get_model)]) -> ModelInfo:
     },
 )
 async def score(
-    body: Annotated[ScoreRequest, Depends(score_request)],
+    body: Annotated[ScoreBatch, Depends(score_request)],
     model: Annotated[Model, Depends(get_model)],
     settings: Annotated[Settings, Depends(get_settings)],
     batcher: Annotated[MicroBatcher, Depends(get_batcher)],
@@ -144,14 +145,15 @@ async def score(
     (events strictly before ``as_of``), so the scores equal the batch scores. Every
     customer in the request is scored, including one without any event before ``as_of``.
     """
-    if len(body.customers) > settings.max_customers:
-        raise HTTPException(413, f"{len(body.customers):,} customers in one request; "
+    if len(body) > settings.max_customers:
+        raise HTTPException(413, f"{len(body):,} customers in one request; "
                                  f"the limit is {settings.max_customers:,}.")
-    for i, c in enumerate(body.customers):
-        n = len(c.get("transactions", ())) + len(c.get("offers", ()))
-        if n > settings.max_records_per_customer:
-            raise HTTPException(413, f"customers[{i}] has {n:,} transactions and offers; "
-                                     f"the limit is {settings.max_records_per_customer:,} per customer.")
+    records = pc.add(*(pc.list_value_length(body.customers.field(f)).fill_null(0) for f in ("transactions", "offers")))
+    over = pc.indices_nonzero(pc.greater(records, settings.max_records_per_customer))
+    if len(over):
+        i = over[0].as_py()
+        raise HTTPException(413, f"customers[{i}] has {records[i].as_py():,} transactions and offers; "
+                                 f"the limit is {settings.max_records_per_customer:,} per customer.")
     try:
         scores = await batcher.score(body.customers, body.as_of, reasons)
     except Overloaded as exc:

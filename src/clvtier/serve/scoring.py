@@ -30,7 +30,7 @@ from clvtier.errors import ModelError
 from clvtier.features import FeatureSpec, feature_expr
 from clvtier.predict import N_REASONS, Model, score_frame
 from clvtier.schema import TABLES
-from clvtier.serve.schemas import Customer, record_rows
+from clvtier.serve.schemas import record_rows
 
 #: The table of the request's customers: every one of them is scored.
 KNOWN_TABLE = "request_customers"
@@ -142,22 +142,20 @@ _SOURCES: dict[str, tuple[str, bool, dict[str, str | None]]] = {
 }
 
 
-def request_tables(customers: Sequence[Customer], tables: Sequence[str]) -> dict[str, pa.Table]:
+def request_tables(customers: pa.StructArray, tables: Sequence[str]) -> dict[str, pa.Table]:
     """The customers' records as typed contract tables (Arrow), plus the table of the customers to score.
 
+    ``customers`` is a checked request's (:class:`clvtier.serve.schemas.ScoreBatch`).
     Customers are keyed by their position (``"0"``, ``"1"``, ...), not by their id:
     the features never depend on the key, and requests merged into one batch may
-    share customer ids. The records (checked dicts) are converted by Arrow, not
-    walked in Python; dates arrive as checked YYYY-MM-DD text and are cast there.
+    share customer ids. Dates arrive as checked YYYY-MM-DD text and are cast here.
     """
     positions = pa.array(range(len(customers)), pa.int64())
     out = {KNOWN_TABLE: pa.table({"customer_id": positions.cast(pa.string())})}
     for name in tables:
         field, many, sources = _SOURCES[name]
         schema = contract_schema(name)
-        record = pa.struct([(key, pa.string() if schema[col] == "date" else _ARROW_TYPES[schema[col]])
-                            for col, key in sources.items() if key is not None])
-        rows, owner = record_rows(customers, field, many, record)
+        rows, owner = record_rows(customers, field, many)
         columns = {"customer_id": owner.cast(pa.string())}
         for col, key in sources.items():
             kind = TABLES[name].column(col).kind
@@ -168,7 +166,7 @@ def request_tables(customers: Sequence[Customer], tables: Sequence[str]) -> dict
             elif kind == "text":
                 columns[col] = _text(rows.field(key))
             else:
-                columns[col] = rows.field(key)
+                columns[col] = rows.field(key).cast(_ARROW_TYPES[schema[col]])
         out[name] = pa.table({col: columns[col] for col in schema})
     return out
 
@@ -207,7 +205,7 @@ class Scorer:
     def close(self) -> None:
         self._db.close()
 
-    def features(self, customers: Sequence[Customer], as_of: dt.date) -> pd.DataFrame:
+    def features(self, customers: pa.StructArray, as_of: dt.date) -> pd.DataFrame:
         """Features of ``customers`` at ``as_of``; ``customer_id`` is the customer's position (str)."""
         tables = request_tables(customers, self.query.tables)
         with self._lock:  # creating a cursor touches the shared database instance
@@ -219,9 +217,11 @@ class Scorer:
         frame["customer_id"] = frame["customer_id"].astype(str)
         return frame
 
-    def score(self, customers: Sequence[Customer], as_of: dt.date,
+    def score(self, customers: pa.StructArray, as_of: dt.date,
               with_reasons: bool = True) -> list[dict[str, Any] | None]:
         """Tier, probabilities and top reasons of each customer, in the order given.
+
+        ``customers`` is a checked request's (:class:`clvtier.serve.schemas.ScoreBatch`).
 
         ``None`` for a customer whose records give features the model cannot take:
         infinite values, such as the spend share of a total that cancels out to
@@ -249,8 +249,9 @@ class Scorer:
                 for why, name, effect in zip(reasons, names, effects.tolist(), strict=True):
                     if name:
                         why.append({"feature": name, "effect": effect})
+        ids = customers.field("customer_id").to_pylist()
         for row, tier, p, ok, why in zip(rows, tiers, proba.tolist(), finite.tolist(), reasons, strict=True):
             if ok:
-                out[row] = {"customer_id": customers[row]["customer_id"], "tier": tier,
+                out[row] = {"customer_id": ids[row], "tier": tier,
                             "probabilities": {"Low": p[0], "Medium": p[1], "High": p[2]}, "reasons": why}
         return out
