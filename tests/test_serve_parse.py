@@ -65,6 +65,25 @@ def test_arrow_type_has_the_fields_of_the_typed_dicts() -> None:
         assert fields(CUSTOMER_TYPE.field(name).type.value_type) == list(typing.get_type_hints(record))
 
 
+def test_large_bodies_are_read_by_arrow_first_and_small_ones_by_pydantic() -> None:
+    customer = EXAMPLE_REQUEST["customers"][0]
+    small = body(customer)
+    large = body(*[dict(customer, customer_id=f"C-{i}") for i in range(400)])
+    assert len(small) < schemas.COLUMNAR_FROM <= len(large)
+    answers: list[ScoreBatch | None] = []
+    columnar = schemas._columnar
+
+    def quick(raw: bytes) -> ScoreBatch | None:
+        answers.append(columnar(raw))
+        return answers[-1]
+
+    with mock.patch.object(schemas, "_columnar", quick):
+        assert len(parse_score_request(small)) == 1
+        assert not answers
+        assert len(parse_score_request(large)) == 400
+        assert len(answers) == 1 and answers[0] is not None
+
+
 def test_ordinary_requests_take_the_quick_path() -> None:
     raw = json.dumps(EXAMPLE_REQUEST).encode()
     quick = assert_same_verdict(raw)
