@@ -57,6 +57,8 @@ AGE_MAX, AMOUNT_MAX, COUNT_MAX = 150, 1e9, 1_000_000_000
 Text = Annotated[str, Field(max_length=TEXT_MAX, pattern=TEXT_PATTERN)]
 #: Identifiers: no control characters, no surrounding blanks.
 Id = Annotated[str, Field(min_length=1, max_length=ID_MAX, pattern=ID_PATTERN)]
+
+
 def _whole_number(value: object) -> object:
     """JSON's 3.0 is the integer 3 (JSON Schema agrees); 3.5 is not."""
     if isinstance(value, float) and value.is_integer():
