@@ -28,7 +28,7 @@ from clvtier.serve import Settings, create_app, get_settings
 from clvtier.serve.batching import MicroBatcher, Overloaded
 from clvtier.serve.logs import JsonFormatter
 from clvtier.serve.routes import get_batcher
-from clvtier.serve.schemas import EXAMPLE_REQUEST
+from clvtier.serve.schemas import COLUMNAR_FROM, EXAMPLE_REQUEST, _columnar
 from clvtier.validate import Dataset
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "openapi.json"
@@ -235,7 +235,9 @@ def test_scores_equal_batch_predict(client: TestClient, model: Model, dataset: D
         dt.date.fromisoformat(model.metadata["cutoff"])
     batch = predict(model, dataset, as_of).set_index("customer_id")
     customers = list(records(dataset).values())
-    r = client.post("/v1/score", json={"as_of": as_of.isoformat(), "customers": customers})
+    raw = json.dumps({"as_of": as_of.isoformat(), "customers": customers}).encode()
+    assert len(raw) >= COLUMNAR_FROM and _columnar(raw) is not None  # read by Arrow, not pydantic
+    r = client.post("/v1/score", content=raw, headers={"Content-Type": "application/json"})
     assert r.status_code == 200, r.text
     served = r.json()["scores"]
     assert [s["customer_id"] for s in served] == [c["customer_id"] for c in customers]
