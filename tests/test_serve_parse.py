@@ -44,6 +44,7 @@ def assert_same_verdict(raw: bytes) -> ScoreBatch | None:
     slow = by_pydantic(raw)
     assert slow is not None, f"the quick path accepted a body pydantic refuses: {raw[:300]!r}"
     assert quick.as_of == slow.as_of
+    assert quick.customers.field("customer_id").equals(slow.customers.field("customer_id"))  # the ids answered
     mine, theirs = request_tables(quick.customers, TABLES), request_tables(slow.customers, TABLES)
     for name in mine:
         assert mine[name].equals(theirs[name]), (name, mine[name].to_pydict(), theirs[name].to_pydict())
