@@ -456,6 +456,31 @@ def test_impossible_dates_are_reported_with_the_other_problems(client: TestClien
         ["body", "customers", 0, "transactions", 0, "date"], ["body", "customers", 1, "profile", "join_date"]]))
 
 
+def test_large_bodies_get_the_same_answers_as_small_ones(client: TestClient) -> None:
+    """Bodies read by Arrow first: a problem anywhere is reported as pydantic reports it, with its path."""
+    many = [one(customer_id=f"C-{i}", transactions=[{"date": "2023-05-01", "amount": 10.5, "category": "Clothing"}],
+                offers=[{"date": "2023-04-01", "response": "Yes", "promotion_type": "Discount"}]) for i in range(1000)]
+    sent = json.dumps({"as_of": "2024-01-01", "customers": many}, separators=(",", ":")).encode()  # as posted
+    assert len(sent) >= COLUMNAR_FROM and _columnar(sent) is not None
+    ok = post(client, many)
+    assert ok.status_code == 200, ok.text
+    assert [s["customer_id"] for s in ok.json()["scores"]] == [c["customer_id"] for c in many]
+    alone, together = post(client, many[999:]).json()["scores"][0], ok.json()["scores"][999]
+    assert (alone["tier"], [x["feature"] for x in alone["reasons"]]) == \
+        (together["tier"], [x["feature"] for x in together["reasons"]])
+    # the model's matrix products round differently for one row and for many (as in predict's tests)
+    assert max(abs(alone["probabilities"][t] - together["probabilities"][t]) for t in TIERS) <= 1e-12
+    for change, loc in ((lambda c: c["offers"][0].update(date="2023-02-30"), ["offers", 0, "date"]),
+                        (lambda c: c["transactions"][0].update(amount="12"), ["transactions", 0, "amount"]),
+                        (lambda c: c.update(extra=1), ["extra"]),
+                        (lambda c: c["offers"][0].update(response="yes"), ["offers", 0, "response"])):
+        bad = json.loads(json.dumps(many))
+        change(bad[437])
+        r = post(client, bad)
+        assert r.status_code == 422, r.text
+        assert [issue["loc"] for issue in r.json()["detail"]] == [["body", "customers", 437, *loc]]
+
+
 def test_every_problem_reported_at_once(client: TestClient) -> None:
     r = post(client, [one(transactions=[{"date": "x", "amount": "y"}], offers=[{"date": "2023-01-01"}])])
     locs = [tuple(i["loc"]) for i in r.json()["detail"]]
