@@ -49,6 +49,8 @@ from clvtier.serve.process import free_port, start_server
 
 #: A single-customer request slower than this counts as an error (and bounds the run).
 REQUEST_TIMEOUT_S = 10.0
+#: Distinct batch bodies of a batch phase, sent in turn for its whole duration.
+BATCH_BODIES = 32
 
 
 def make_data(workdir: Path, n_customers: int, seed: int) -> Path:
@@ -177,9 +179,8 @@ async def batches(client: aiohttp.ClientSession, url: str, bodies: list[bytes], 
 async def load_run(url: str, customers: list[dict[str, Any]], as_of: str, args: argparse.Namespace) -> dict[str, Any]:
     rng = random.Random(args.seed)
     singles = [json.dumps({"as_of": as_of, "customers": [c]}).encode() for c in rng.sample(customers, 500)]
-    n_batches = 32
     batch_bodies = []
-    for _ in range(n_batches):
+    for _ in range(BATCH_BODIES):
         picked = [dict(c, customer_id=f"{k}-{c['customer_id']}")
                   for k, c in enumerate(rng.choices(customers, k=args.batch_size))]
         batch_bodies.append(json.dumps({"as_of": as_of, "customers": picked}).encode())
@@ -233,7 +234,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0, help="duration of the fixed-rate phase")
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--batch-seconds", type=float, default=6.0,
-                        help="duration of each batch phase (32 distinct batches, sent in turn)")
+                        help=f"duration of each batch phase ({BATCH_BODIES} distinct batches, sent in turn)")
     parser.add_argument("--concurrency", type=int,
                         help="batch requests in flight (default: two per server process; the kernel gives a "
                              "new connection to whichever process accepts it first, so two connections often "

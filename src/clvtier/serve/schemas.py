@@ -377,7 +377,10 @@ def _valid_days(customers: pa.StructArray) -> bool:
     return True
 
 
-_REQUEST_TYPE = pa.schema([("as_of", pa.string()), ("customers", pa.list_(CUSTOMER_TYPE))])
+_PARSE_OPTIONS = pj.ParseOptions(
+    explicit_schema=pa.schema([("as_of", pa.string()), ("customers", pa.list_(CUSTOMER_TYPE))]),
+    unexpected_field_behavior="error", newlines_in_values=True)
+_RESPONSES = pa.array(["Yes", "No"])
 #: The body must open a JSON object: this also turns away a byte order mark, which Arrow skips
 #: and pydantic refuses.
 _OBJECT_START = re.compile(rb"[ \t\r\n]*\{")
@@ -395,10 +398,8 @@ def _columnar(raw: bytes) -> ScoreBatch | None:
     """
     if not _OBJECT_START.match(raw):  # a body of only ``null`` crashes Arrow's reader (apache/arrow#47409)
         return None
-    options = pj.ParseOptions(explicit_schema=_REQUEST_TYPE, unexpected_field_behavior="error",
-                              newlines_in_values=True)
     try:
-        table = pj.read_json(pa.py_buffer(raw), parse_options=options,
+        table = pj.read_json(pa.py_buffer(raw), parse_options=_PARSE_OPTIONS,
                              read_options=pj.ReadOptions(use_threads=False, block_size=max(len(raw) + 1, 1 << 16)))
         if table.num_rows != 1:  # several JSON values, or none
             return None
@@ -438,7 +439,7 @@ def _customers_ok(customers: pa.StructArray) -> bool:
     offers = customers.field("offers").flatten()
     return not offers.null_count and (
         _dates_ok(offers.field("date"), required=True)
-        and _all(pc.is_in(offers.field("response"), pa.array(["Yes", "No"])))
+        and _all(pc.is_in(offers.field("response"), _RESPONSES))
         and _text_ok(offers.field("promotion_type"), NAME_PATTERN, 1, TEXT_MAX, required=True)
         and _text_ok(offers.field("id"), ID_PATTERN, 1, ID_MAX, required=False))
 
@@ -448,26 +449,31 @@ def _all(mask: pa.Array) -> bool:
     return mask.null_count == 0 and pc.all(mask).as_py() is not False
 
 
-def _text_ok(values: pa.Array, pattern: str, min_length: int, max_length: int, *, required: bool) -> bool:
+def _text_ok(values: pa.Array, pattern: str, min_length: int = 0, max_length: int | None = None, *,
+             required: bool) -> bool:
     if required and values.null_count:
         return False
     present = values.drop_null()
-    length = pc.utf8_length(present)
-    return (_all(pc.greater_equal(length, min_length)) and _all(pc.less_equal(length, max_length))
-            and _all(pc.match_substring_regex(present, pattern)))
+    if min_length or max_length is not None:
+        length = pc.utf8_length(present)
+        if not (_all(pc.greater_equal(length, min_length))
+                and (max_length is None or _all(pc.less_equal(length, max_length)))):
+            return False
+    return _all(pc.match_substring_regex(present, pattern))
 
 
 def _numbers_ok(values: pa.Array, low: float, high: float, *, required: bool) -> bool:
     if required and values.null_count:
         return False
     present = values.drop_null()
-    finite = pc.is_finite(present) if pa.types.is_floating(present.type) else pc.is_valid(present)
-    return _all(finite) and _all(pc.greater_equal(present, low)) and _all(pc.less_equal(present, high))
+    if pa.types.is_floating(present.type) and not _all(pc.is_finite(present)):
+        return False
+    return _all(pc.greater_equal(present, low)) and _all(pc.less_equal(present, high))
 
 
 def _dates_ok(values: pa.Array, *, required: bool) -> bool:
     """YYYY-MM-DD text from 1900 to 2199 that is a day of the calendar."""
-    if not _text_ok(values, DATE_PATTERN, 10, 10, required=required):
+    if not _text_ok(values, DATE_PATTERN, required=required):  # the pattern fixes the length
         return False
     values.drop_null().cast(pa.date32())  # raises ArrowInvalid for 2023-02-30
     return True
