@@ -2,19 +2,22 @@
 
 The features are :func:`clvtier.features.feature_expr`, the expression ``clvtier
 predict`` runs. Compiling it costs far more than running it on one customer, so
-:class:`FeatureQuery` compiles it once, at start-up, over placeholder tables with
-the contract schemas, with the cutoff left as the bound parameter ``$cutoff``.
-Each scoring call turns its records into Arrow tables of those names, runs the SQL
-on them on its own DuckDB cursor, and scores the frame with
-:func:`clvtier.predict.score_frame`, as ``clvtier predict`` does.
+:class:`FeatureQuery` compiles it once, at start-up, over tables with the contract
+schemas, with a placeholder for the cutoff. DuckDB's planning of that SQL still
+costs more than running it on a few customers, so each :class:`_Session` (a DuckDB
+connection, one per concurrent call) prepares it once per cutoff date over empty
+temporary tables. A scoring call inserts its records into those tables inside a
+transaction, executes the prepared statement and rolls back, then scores the frame
+with :func:`clvtier.predict.score_frame`, as ``clvtier predict`` does.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import inspect
+import queue
 import string
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,7 +49,7 @@ def contract_schema(table: str) -> dict[str, str]:
 
 
 class FeatureQuery:
-    """The model's feature definition as DuckDB SQL with a ``$cutoff`` parameter.
+    """The model's feature definition as DuckDB SQL at any cutoff.
 
     Parameters
     ----------
@@ -55,7 +58,6 @@ class FeatureQuery:
 
     Attributes
     ----------
-    sql : str
     tables : tuple of str
         Contract tables the SQL reads (besides :data:`KNOWN_TABLE`).
     columns : list of str
@@ -67,60 +69,118 @@ class FeatureQuery:
         placeholders = {name: ibis.table(contract_schema(name), name=name) for name in self.tables}
         known = ibis.table({"customer_id": "string"}, name=KNOWN_TABLE)
         expr, cutoff = feature_expr(placeholders, spec, known=known)
-        if not {KNOWN_TABLE, *self.tables} <= _EXECUTE_TABLES:
-            raise ModelError(f"the service cannot pass the tables {sorted(self.tables)} to the feature query.",
-                             "This is a bug; report it with the clvtier version.")
         self.columns = list(expr.columns)
-        self.sql = _compile_with_parameter(expr, cutoff)
+        self._tree = _compile_with_placeholder(expr, cutoff)
 
-    def run(self, con: duckdb.DuckDBPyConnection, tables: dict[str, pa.Table], cutoff: dt.date) -> pd.DataFrame:
-        """Run on ``tables`` (Arrow, under their contract names; ``con`` must have no tables of those names)."""
-        return _execute(con, self.sql, cutoff, **tables)
+    def sql(self, cutoff: dt.date) -> str:
+        """The SQL at ``cutoff``, which enters it as a date literal written from a :class:`datetime.date`."""
+        literal = sge.Cast(this=sge.Literal.string(cutoff.isoformat()), to=sge.DataType.build("DATE"))
 
+        def fill(node: sge.Expression) -> sge.Expression:
+            return literal.copy() if isinstance(node, sge.Placeholder) else node
 
-def _execute(con: duckdb.DuckDBPyConnection, sql: str, cutoff: dt.date, *, request_customers: pa.Table,
-             transactions: pa.Table, customers: pa.Table | None = None, engagements: pa.Table | None = None,
-             marketing: pa.Table | None = None) -> pd.DataFrame:
-    """``sql`` on the Arrow tables passed by name.
-
-    DuckDB reads a table name that its catalog lacks from the Python variable of that
-    name in the frame that runs the query (its replacement scan, on by default; see
-    :data:`DUCKDB_CONFIG`): these parameters. Registering each table instead writes a
-    view to the catalog per table and call, about 7 % of a one-customer query's work.
-    """
-    return con.execute(sql, {"cutoff": cutoff}).df()
+        return str(self._tree.transform(fill).sql(dialect="duckdb"))
 
 
-#: The tables :func:`_execute` can pass to DuckDB (its keyword parameters).
-_EXECUTE_TABLES = frozenset(inspect.signature(_execute).parameters) - {"con", "sql", "cutoff"}
-
-#: The scoring connection's table names resolve to the Python variables of :func:`_execute`
-#: (only its own frame is searched).
-DUCKDB_CONFIG = {"python_enable_replacements": True, "python_scan_all_frames": False}
-
-
-def _compile_with_parameter(expr: Any, param: Any) -> str:
+def _compile_with_placeholder(expr: Any, param: Any) -> sge.Expression:
+    """``expr`` as a SQL tree in which the parameter ``param`` is a placeholder (the only one)."""
     from ibis.backends.sql.compilers import DuckDBCompiler
 
     compiler = DuckDBCompiler()
     # Ibis inlines parameter values; compile with a sentinel date and swap its literal
-    # for a bound parameter, so no request value is ever formatted into the SQL.
+    # for a placeholder, so that the SQL of any cutoff is the same tree.
     tree = compiler.to_sqlglot(expr, params={param: _SENTINEL})
     sentinel = compiler.to_sqlglot(ibis.literal(_SENTINEL).name("x")).expressions[0].this
+    if any(isinstance(node, sge.Placeholder) for node in tree.walk()):
+        raise ModelError("the feature definition could not be compiled for the service.",
+                         "This is a bug; report it with the clvtier and Ibis versions.")
     swapped = 0
 
     def swap(node: sge.Expression) -> sge.Expression:
         nonlocal swapped
         if type(node) is type(sentinel) and node == sentinel:
             swapped += 1
-            return sge.Cast(this=sge.Placeholder(this="cutoff"), to=sge.DataType.build("DATE"))
+            return sge.Placeholder(this="cutoff")
         return node
 
-    sql = tree.transform(swap).sql(dialect="duckdb")
-    if not swapped or sentinel.sql(dialect="duckdb") in sql:
+    tree = tree.transform(swap)
+    if not swapped or sentinel.sql(dialect="duckdb") in tree.sql(dialect="duckdb"):
         raise ModelError("the feature definition could not be compiled for the service.",
                          "This is a bug; report it with the clvtier and Ibis versions.")
-    return sql
+    return tree
+
+
+_SQL_TYPES = {"string": "VARCHAR", "date": "DATE", "float64": "DOUBLE"}
+
+
+class _Session:
+    """A DuckDB connection with the request tables and the feature query prepared per cutoff.
+
+    The request tables are empty temporary tables (they belong to this connection).
+    :meth:`run` inserts a call's records inside a transaction and rolls it back at
+    the end, so they are empty again for the next call. The feature query is planned
+    once per cutoff date (planning costs more than running it on a few customers), on
+    the first call's records; the plan holds for any records because the optimizers
+    that would build on those records' statistics are off (:data:`DUCKDB_CONFIG`).
+    Used by one thread at a time.
+    """
+
+    #: Cutoff dates whose prepared statements are kept (requests rarely vary their date).
+    KEEP = 8
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, query: FeatureQuery) -> None:
+        self.con = con
+        self.query = query
+        self.tables = (KNOWN_TABLE, *query.tables)
+        for name in self.tables:
+            schema = {"customer_id": "string"} if name == KNOWN_TABLE else contract_schema(name)
+            columns = ", ".join(f"{col} {_SQL_TYPES[kind]}" for col, kind in schema.items())
+            con.execute(f"CREATE TEMPORARY TABLE {name} ({columns})")
+        self._prepared: OrderedDict[dt.date, str] = OrderedDict()
+        self._statements = 0
+
+    def run(self, tables: dict[str, pa.Table], cutoff: dt.date) -> pd.DataFrame:
+        """The features of ``tables`` (Arrow, under their contract names) at ``cutoff``."""
+        con = self.con
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for name in self.tables:
+                # DuckDB reads the name ``source`` from this variable (its replacement scan,
+                # this frame only: DUCKDB_CONFIG); an Arrow stream is the quickest to set up.
+                source = tables[name].__arrow_c_stream__()  # noqa: F841
+                con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM source")
+            return con.execute(f"EXECUTE {self._statement(cutoff)}").df()
+        finally:
+            con.execute("ROLLBACK")
+
+    def _statement(self, cutoff: dt.date) -> str:
+        name = self._prepared.get(cutoff)
+        if name is not None:
+            self._prepared.move_to_end(cutoff)
+            return name
+        if len(self._prepared) >= self.KEEP:
+            _, oldest = self._prepared.popitem(last=False)
+            self.con.execute(f"DEALLOCATE {oldest}")
+        self._statements += 1
+        name = self._prepared[cutoff] = f"features_{self._statements}"
+        self.con.execute(f"PREPARE {name} AS {self.query.sql(cutoff)}")
+        return name
+
+    def close(self) -> None:
+        self.con.close()
+
+
+#: The scoring database's settings.
+#:
+#: - Names in the request-table inserts resolve to the Python variables of
+#:   :meth:`_Session.run` (only its own frame is searched).
+#: - A prepared plan must hold for any records, so the optimizers that build on the
+#:   statistics of the data seen at planning are off: statistics propagation (which
+#:   would drop filters those data always pass, and choose perfect-hash operators for
+#:   their value ranges) and compressed materialization (which would pack strings as
+#:   short as those data's into small integers: ids longer than that would then collide).
+DUCKDB_CONFIG: dict[str, str | bool] = {"python_enable_replacements": True, "python_scan_all_frames": False,
+                                         "disabled_optimizers": "statistics_propagation,compressed_materialization"}
 
 
 #: Where each contract table's rows are in a request's customer: the field, whether it
@@ -201,19 +261,41 @@ class Scorer:
         self.query = FeatureQuery(model.spec)
         self._db = duckdb.connect(":memory:", config={**DUCKDB_CONFIG, "threads": threads})
         self._lock = threading.Lock()
+        self._sessions: queue.SimpleQueue[_Session] = queue.SimpleQueue()
+        self._sessions.put(self._session())  # the first session fails here, not on the first request
 
     def close(self) -> None:
+        while True:
+            try:
+                self._sessions.get_nowait().close()
+            except queue.Empty:
+                break
         self._db.close()
+
+    def _session(self) -> _Session:
+        """An idle session, or a new one when all are in use."""
+        try:
+            return self._sessions.get_nowait()
+        except queue.Empty:
+            pass
+        with self._lock:  # creating a cursor touches the shared database instance
+            con = self._db.cursor()
+        try:
+            return _Session(con, self.query)
+        except BaseException:
+            con.close()
+            raise
 
     def features(self, customers: pa.StructArray, as_of: dt.date) -> pd.DataFrame:
         """Features of ``customers`` at ``as_of``; ``customer_id`` is the customer's position (str)."""
         tables = request_tables(customers, self.query.tables)
-        with self._lock:  # creating a cursor touches the shared database instance
-            con = self._db.cursor()
+        session = self._session()
         try:
-            frame = self.query.run(con, tables, as_of)
-        finally:
-            con.close()
+            frame = session.run(tables, as_of)
+        except BaseException:
+            session.close()  # in an unknown state: not reused
+            raise
+        self._sessions.put(session)
         frame["customer_id"] = frame["customer_id"].astype(str)
         return frame
 
