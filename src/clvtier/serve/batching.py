@@ -1,6 +1,6 @@
 """Micro-batching: concurrent scoring requests for the same date are scored in one call.
 
-Scoring has a large fixed cost per call (the SQL plan, the pipeline's column
+Scoring has a large fixed cost per call (running the SQL, the pipeline's column
 handling) and a small cost per customer, so one call for ten single-customer
 requests costs little more than one of them. Requests that arrive while a call
 runs queue up; the next call takes everything queued (up to ``max_customers``
