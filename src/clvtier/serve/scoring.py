@@ -91,9 +91,7 @@ def _compile_with_placeholder(expr: Any, param: Any) -> sge.Expression:
     # for a placeholder, so that the SQL of any cutoff is the same tree.
     tree = compiler.to_sqlglot(expr, params={param: _SENTINEL})
     sentinel = compiler.to_sqlglot(ibis.literal(_SENTINEL).name("x")).expressions[0].this
-    if any(isinstance(node, sge.Placeholder) for node in tree.walk()):
-        raise ModelError("the feature definition could not be compiled for the service.",
-                         "This is a bug; report it with the clvtier and Ibis versions.")
+    had_placeholders = any(isinstance(node, sge.Placeholder) for node in tree.walk())
     swapped = 0
 
     def swap(node: sge.Expression) -> sge.Expression:
@@ -104,7 +102,7 @@ def _compile_with_placeholder(expr: Any, param: Any) -> sge.Expression:
         return node
 
     tree = tree.transform(swap)
-    if not swapped or sentinel.sql(dialect="duckdb") in tree.sql(dialect="duckdb"):
+    if had_placeholders or not swapped or sentinel.sql(dialect="duckdb") in tree.sql(dialect="duckdb"):
         raise ModelError("the feature definition could not be compiled for the service.",
                          "This is a bug; report it with the clvtier and Ibis versions.")
     return tree
