@@ -8,6 +8,7 @@ later answer must equal the query planned afresh on that request's records alone
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -41,13 +42,13 @@ def tables(customers: list[dict[str, Any]], as_of: str) -> tuple[dict[str, Any],
     return request_tables(batch.customers, QUERY.tables), batch.as_of
 
 
-def planned_afresh(arrow: dict[str, Any], cutoff: dt.date) -> pd.DataFrame:
+def planned_afresh(arrow: dict[str, Any], cutoff: dt.date, query: FeatureQuery = QUERY) -> pd.DataFrame:
     """The feature query planned for these records only, with every optimizer on."""
     con = duckdb.connect(":memory:", config={"threads": 1})
     try:
         for name, table in arrow.items():
             con.register(name, table)
-        return con.execute(QUERY.sql(cutoff)).df()
+        return con.execute(query.sql(cutoff)).df()
     finally:
         con.close()
 
@@ -83,6 +84,30 @@ def test_each_cutoff_gets_its_own_plan_and_old_ones_are_let_go(session: _Session
     assert len(session._prepared) == _Session.KEEP
     (prepared,) = session.con.execute("SELECT count(*) FROM duckdb_prepared_statements()").fetchone() or (0,)
     assert prepared == _Session.KEEP
+
+
+OPTIONAL = ("customers", "engagements", "marketing")
+
+
+@pytest.mark.parametrize("spec", [
+    FeatureSpec(categories=categories, promotion_types=promotions, tables=tables)
+    for tables in itertools.chain.from_iterable(itertools.combinations(OPTIONAL, k) for k in range(4))
+    for categories, promotions in (((), ()), (("Clothing", "Toys"), ("Discount",)))], ids=repr)
+def test_every_kind_of_model_gets_a_plan_that_holds(spec: FeatureSpec) -> None:
+    """With those optimizers off, DuckDB still plans the query of any spec, and rightly."""
+    query = FeatureQuery(spec)
+    db = duckdb.connect(":memory:", config={**DUCKDB_CONFIG, "threads": 1})
+    own = _Session(db.cursor(), query)
+    try:
+        for customers in ([buyer(0, offers=False)], [buyer(i) for i in range(30)]):
+            batch = parse_score_request(json.dumps({"as_of": "2024-01-01", "customers": customers}).encode())
+            arrow = request_tables(batch.customers, query.tables)
+            got = own.run(arrow, batch.as_of).sort_values("customer_id", ignore_index=True)
+            want = planned_afresh(arrow, batch.as_of, query).sort_values("customer_id", ignore_index=True)
+            pd.testing.assert_frame_equal(got, want)
+    finally:
+        own.close()
+        db.close()
 
 
 def test_the_request_tables_are_empty_after_each_call(session: _Session) -> None:
