@@ -7,6 +7,7 @@ later answer must equal the query planned afresh on that request's records alone
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import itertools
 import json
@@ -28,21 +29,26 @@ SPEC = FeatureSpec(categories=("Clothing", "Electronics"), promotion_types=("Dis
 QUERY = FeatureQuery(SPEC)
 
 
+@contextlib.contextmanager
+def new_session(query: FeatureQuery = QUERY) -> Iterator[_Session]:
+    """A session on a database of its own, set up as the service's."""
+    db = duckdb.connect(":memory:", config={**DUCKDB_CONFIG, "threads": 1})
+    one = _Session(db.cursor(), query)
+    try:
+        yield one
+    finally:
+        one.close()
+        db.close()
+
+
 @pytest.fixture(scope="module")
 def session() -> Iterator[_Session]:
-    db = duckdb.connect(":memory:", config={**DUCKDB_CONFIG, "threads": 1})
-    one = _Session(db.cursor(), QUERY)
-    yield one
-    one.close()
-    db.close()
+    """One session for the module: each test's requests follow the earlier tests' requests."""
+    with new_session() as one:
+        yield one
 
 
-def tables(customers: list[dict[str, Any]], as_of: str) -> tuple[dict[str, Any], dt.date]:
-    batch = parse_score_request(json.dumps({"as_of": as_of, "customers": customers}).encode())
-    return request_tables(batch.customers, QUERY.tables), batch.as_of
-
-
-def planned_afresh(arrow: dict[str, Any], cutoff: dt.date, query: FeatureQuery = QUERY) -> pd.DataFrame:
+def planned_afresh(arrow: dict[str, Any], cutoff: dt.date, query: FeatureQuery) -> pd.DataFrame:
     """The feature query planned for these records only, with every optimizer on."""
     con = duckdb.connect(":memory:", config={"threads": 1})
     try:
@@ -54,9 +60,10 @@ def planned_afresh(arrow: dict[str, Any], cutoff: dt.date, query: FeatureQuery =
 
 
 def assert_same(session: _Session, customers: list[dict[str, Any]], as_of: str) -> None:
-    arrow, cutoff = tables(customers, as_of)
-    got = session.run(arrow, cutoff).sort_values("customer_id", ignore_index=True)
-    want = planned_afresh(arrow, cutoff).sort_values("customer_id", ignore_index=True)
+    batch = parse_score_request(json.dumps({"as_of": as_of, "customers": customers}).encode())
+    arrow = request_tables(batch.customers, session.query.tables)
+    got = session.run(arrow, batch.as_of).sort_values("customer_id", ignore_index=True)
+    want = planned_afresh(arrow, batch.as_of, session.query).sort_values("customer_id", ignore_index=True)
     pd.testing.assert_frame_equal(got, want)
 
 
@@ -68,13 +75,14 @@ def buyer(i: int, offers: bool = True) -> dict[str, Any]:
     return out
 
 
-def test_a_plan_made_on_two_customers_holds_for_a_thousand(session: _Session) -> None:
+def test_a_plan_made_on_two_customers_holds_for_a_thousand() -> None:
     # Planned on customer keys "0" and "1" (and no offers), DuckDB's compressed
     # materialization packed the keys into one byte: a thousand customers' offers
     # then collapsed into a dozen groups. The optimizers that read such statistics are off.
-    assert_same(session, [buyer(0, offers=False), buyer(1, offers=False)], "2024-01-01")
-    assert_same(session, [buyer(i) for i in range(1000)], "2024-01-01")
-    assert_same(session, [buyer(i) for i in range(3)], "2024-01-01")
+    with new_session() as fresh:
+        assert_same(fresh, [buyer(0, offers=False), buyer(1, offers=False)], "2024-01-01")
+        assert_same(fresh, [buyer(i) for i in range(1000)], "2024-01-01")
+        assert_same(fresh, [buyer(i) for i in range(3)], "2024-01-01")
 
 
 def test_each_cutoff_gets_its_own_plan_and_old_ones_are_let_go(session: _Session) -> None:
@@ -95,19 +103,9 @@ OPTIONAL = ("customers", "engagements", "marketing")
     for categories, promotions in (((), ()), (("Clothing", "Toys"), ("Discount",)))], ids=repr)
 def test_every_kind_of_model_gets_a_plan_that_holds(spec: FeatureSpec) -> None:
     """With those optimizers off, DuckDB still plans the query of any spec, and rightly."""
-    query = FeatureQuery(spec)
-    db = duckdb.connect(":memory:", config={**DUCKDB_CONFIG, "threads": 1})
-    own = _Session(db.cursor(), query)
-    try:
+    with new_session(FeatureQuery(spec)) as fresh:
         for customers in ([buyer(0, offers=False)], [buyer(i) for i in range(30)]):
-            batch = parse_score_request(json.dumps({"as_of": "2024-01-01", "customers": customers}).encode())
-            arrow = request_tables(batch.customers, query.tables)
-            got = own.run(arrow, batch.as_of).sort_values("customer_id", ignore_index=True)
-            want = planned_afresh(arrow, batch.as_of, query).sort_values("customer_id", ignore_index=True)
-            pd.testing.assert_frame_equal(got, want)
-    finally:
-        own.close()
-        db.close()
+            assert_same(fresh, customers, "2024-01-01")
 
 
 def test_the_request_tables_are_empty_after_each_call(session: _Session) -> None:
