@@ -143,6 +143,8 @@ class _Session:
         con.execute("BEGIN TRANSACTION")
         try:
             for name in self.tables:
+                if not tables[name].num_rows:  # the table is empty already
+                    continue
                 # DuckDB reads the name ``source`` from this variable (its replacement scan,
                 # this frame only: DUCKDB_CONFIG); an Arrow stream is the quickest to set up.
                 source = tables[name].__arrow_c_stream__()  # noqa: F841
