@@ -162,8 +162,9 @@ class _Session:
             _, oldest = self._prepared.popitem(last=False)
             self.con.execute(f"DEALLOCATE {oldest}")
         self._statements += 1
-        name = self._prepared[cutoff] = f"features_{self._statements}"
+        name = f"features_{self._statements}"
         self.con.execute(f"PREPARE {name} AS {self.query.sql(cutoff)}")
+        self._prepared[cutoff] = name
         return name
 
     def close(self) -> None:
