@@ -408,9 +408,9 @@ def _columnar(raw: bytes) -> ScoreBatch | None:
             return None
         customers = lists.flatten()
         customers.validate(full=True)  # offsets and lengths agree: nothing below reads out of bounds
-        if not len(customers) or customers.null_count or not _customers_ok(customers):
+        if not len(customers) or customers.null_count or not (_customers_ok(customers) and _valid_days(customers)):
             return None
-        day = as_of.cast(pa.date32())[0].as_py()
+        day = as_of.cast(pa.date32())[0].as_py()  # raises ArrowInvalid for a day not in the calendar
     except (pa.ArrowException, ValueError):  # UnicodeDecodeError is a ValueError
         return None
     return ScoreBatch(day, customers)
@@ -472,11 +472,8 @@ def _numbers_ok(values: pa.Array, low: float, high: float, *, required: bool) ->
 
 
 def _dates_ok(values: pa.Array, *, required: bool) -> bool:
-    """YYYY-MM-DD text from 1900 to 2199 that is a day of the calendar."""
-    if not _text_ok(values, DATE_PATTERN, required=required):  # the pattern fixes the length
-        return False
-    values.drop_null().cast(pa.date32())  # raises ArrowInvalid for 2023-02-30
-    return True
+    """YYYY-MM-DD text from 1900 to 2199 (whether it is a day of the calendar: :func:`_valid_days`)."""
+    return _text_ok(values, DATE_PATTERN, required=required)  # the pattern fixes the length
 
 
 def _dated(customers: Any) -> Iterator[tuple[tuple[Any, ...], Any]]:

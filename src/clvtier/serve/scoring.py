@@ -33,7 +33,7 @@ from clvtier.errors import ModelError
 from clvtier.features import FeatureSpec, feature_expr
 from clvtier.predict import N_REASONS, Model, score_frame
 from clvtier.schema import TABLES
-from clvtier.serve.schemas import record_rows
+from clvtier.serve.schemas import CUSTOMER_TYPE, record_rows
 
 #: The table of the request's customers: every one of them is scored.
 KNOWN_TABLE = "request_customers"
@@ -108,9 +108,6 @@ def _compile_with_placeholder(expr: Any, param: Any) -> sge.Expression:
     return tree
 
 
-_SQL_TYPES = {"string": "VARCHAR", "date": "DATE", "float64": "DOUBLE"}
-
-
 class _Session:
     """A DuckDB connection with the request tables and the feature query prepared per cutoff.
 
@@ -130,10 +127,11 @@ class _Session:
         self.con = con
         self.query = query
         self.tables = (KNOWN_TABLE, *query.tables)
+        # Each table takes the columns and types of what :meth:`run` inserts: the tables of no customer.
+        empty = request_tables(pa.array([], CUSTOMER_TYPE), query.tables)
         for name in self.tables:
-            schema = {"customer_id": "string"} if name == KNOWN_TABLE else contract_schema(name)
-            columns = ", ".join(f"{col} {_SQL_TYPES[kind]}" for col, kind in schema.items())
-            con.execute(f"CREATE TEMPORARY TABLE {name} ({columns})")
+            source = empty[name].__arrow_c_stream__()  # noqa: F841  (read by name, as in run)
+            con.execute(f"CREATE TEMPORARY TABLE {name} AS SELECT * FROM source")
         self._prepared: OrderedDict[dt.date, str] = OrderedDict()
         self._statements = 0
 
