@@ -257,6 +257,21 @@ def test_progress_reports_every_customer(tmp_path: Path) -> None:
     assert seen == [1000, 1000, 500]
 
 
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_a_failed_run_leaves_no_partial_tables(tmp_path: Path, fmt: str) -> None:
+    """Interrupted after the first chunk: the earlier tables stay as they were, and nothing else is left."""
+    earlier = generate(300, 0, tmp_path, fmt=fmt)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def interrupt(done: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        generate(2500, 1, tmp_path, fmt=fmt, chunk_size=1000, progress=interrupt)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert set(before) == {f.name for f in earlier.files.values()}
+
+
 def test_parquet_types_and_content(csv_data: GeneratedData, tmp_path: Path) -> None:
     data = generate(N, SEED, tmp_path, fmt="parquet", chunk_size=600)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{stem}.parquet" for stem in FILE_NAMES.values())

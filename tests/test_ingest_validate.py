@@ -212,7 +212,7 @@ ERROR_CASES: dict[str, ErrorCase] = {
     ),
     "utf16-file": ErrorCase(
         tx_and("customers", TINY["customers"].encode("utf-16")), "unreadable", "customers_final.csv",
-        "binary or UTF-16 encoded", "CSV UTF-8",
+        "the file is UTF-16 encoded (Excel's 'Unicode text')", "iconv -f utf-16 -t utf-8",
     ),
     "latin1-file": ErrorCase(
         tx_and("customers", TINY["customers"].replace("Nice", "Orléans").encode("latin-1")), "unreadable",

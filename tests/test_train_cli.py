@@ -181,6 +181,11 @@ def test_snapshot_mode_is_labelled(data_dir: Path, tmp_path: Path) -> None:
     assert meta["describes_past_only"] is True
     metrics = json.loads((out / "metrics.json").read_text())
     assert "not evidence of prediction" in metrics["leakage_audit"]["note"]
+    assert "horizon None" not in res.output and "Snapshot of every event before" in res.output
+    scores = tmp_path / "scores.csv"
+    res = runner.invoke(app, ["predict", str(data_dir), "--model", str(out), "--out", str(scores), "--no-reasons"])
+    assert res.exit_code == 0, res.output
+    assert "trained in snapshot mode" in res.output and "not a prediction" in res.output
 
 
 @pytest.mark.parametrize(
@@ -194,8 +199,12 @@ def test_snapshot_mode_is_labelled(data_dir: Path, tmp_path: Path) -> None:
         (["--cutoff", "2019-01-01"], "history"),
         (["--cutoff", "2024-05-01"], "horizon"),
         (["--cutoff", "not-a-date"], "not a date"),
+        (["--seed", "-1"], "--seed -1 is out of range"),
+        (["--tiers", "amounts:1000000,2000000"], "(--tiers quartile)"),
+        (["--as-of", "2023-01-01", "--cutoff", "2023-01-02"], "horizon"),
     ],
-    ids=["mode", "target", "metric", "candidate", "tiers", "cutoff-too-early", "cutoff-too-late", "cutoff-format"],
+    ids=["mode", "target", "metric", "candidate", "tiers", "cutoff-too-early", "cutoff-too-late", "cutoff-format",
+         "seed", "amounts-outside-the-values", "horizon-after-the-as-of-date"],
 )
 def test_bad_training_options_exit_2_and_write_nothing(data_dir: Path, tmp_path: Path, args: list[str],
                                                        needle: str) -> None:
@@ -309,7 +318,12 @@ def test_a_run_directory_is_replaced_and_an_empty_one_filled(tmp_path: Path) -> 
      "no customer is known before the cutoff 1990-01-01"),
     (["generate", "--customers", "10", "--out", "{out}", "--format", "xlsx"], "--format 'xlsx' is not known"),
     (["train", "{data}", "--out", "{out}", "--tiers", "quantiles:0.8,0.3"], "the two cut points must increase"),
-], ids=["memory-limit", "cutoff-before-the-data", "format", "tiers"])
+    (["features", "{data}", "--cutoff", "2023-06-01", "--as-of", "2023-01-01", "--out", "{out}"],
+     "the cutoff 2023-06-01 is after the data's as-of date 2023-01-01"),
+    (["predict", "{data}", "--model", "{out}.missing", "--out", "{out}"], "out.csv.missing does not exist"),
+    (["report", "{out}.missing"], "out.csv.missing does not exist"),
+], ids=["memory-limit", "cutoff-before-the-data", "format", "tiers", "cutoff-after-the-as-of-date",
+        "no-such-model", "no-such-run"])
 def test_bad_options_are_refused_before_any_output(data_dir: Path, tmp_path: Path, args: list[str],
                                                    message: str) -> None:
     out = tmp_path / "out.csv"
@@ -329,3 +343,74 @@ def test_backtests_set_the_model_against_both_naive_baselines(run_dir: Path) -> 
         assert row["bgnbd_gg"] != row["carry_forward"]
     res = runner.invoke(app, ["report", str(run_dir)])
     assert res.exit_code == 0, res.output
+
+
+def test_a_cutoff_by_default_ends_the_horizon_at_the_as_of_date(data_dir: Path) -> None:
+    """Transactions dated after the as-of date reach neither the features nor the target."""
+    import datetime as dt
+
+    from clvtier.train import TrainConfig, resolve_cutoff
+    from clvtier.validate import load
+
+    as_of = dt.date(2023, 1, 1)
+    ds = load(data_dir, as_of=as_of)
+    assert ds.summary["transactions"]["last_date"] > as_of
+    assert ds.last_date == as_of
+    cfg = TrainConfig(horizon_days=365)
+    assert resolve_cutoff(ds, cfg) + dt.timedelta(days=365) == as_of + dt.timedelta(days=1)
+    assert resolve_cutoff(ds, TrainConfig(mode="snapshot", target="total_spend")) == as_of + dt.timedelta(days=1)
+
+
+def test_predict_refuses_a_scoring_date_in_the_future(run_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+    import datetime as dt
+
+    later = dt.date.today() + dt.timedelta(days=30)
+    out = tmp_path / "scores.csv"
+    res = runner.invoke(app, ["predict", str(data_dir), "--model", str(run_dir), "--out", str(out),
+                              "--as-of", later.isoformat()])
+    assert res.exit_code == 2, res.output
+    assert f"--as-of {later} is after today" in res.output and "Fix:" in res.output
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["features", "predict"])
+def test_an_output_over_an_input_file_is_refused(run_dir: Path, data_dir: Path, tmp_path: Path,
+                                                 command: str) -> None:
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data)
+    target = data / "customers_final.csv"
+    before = target.read_bytes()
+    extra = ["--cutoff", "2023-06-01"] if command == "features" else ["--model", str(run_dir)]
+    res = runner.invoke(app, [command, str(data), *extra, "--out", str(target)])
+    assert res.exit_code == 2, res.output
+    assert "is the input file of the customers table" in res.output and "Fix:" in res.output
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in data.iterdir()) == sorted(p.name for p in data_dir.iterdir())
+
+
+def test_a_read_only_output_is_bad_input_not_a_bug(data_dir: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import tempfile
+
+    out = tmp_path / "ro" / "features.parquet"
+
+    def read_only(*args: object, dir: object = None, **kwargs: object) -> object:
+        raise OSError(errno.EROFS, "Read-only file system", str(Path(str(dir)) / ".features.parquet.x1.tmp"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    res = runner.invoke(app, ["features", str(data_dir), "--cutoff", "2023-06-01", "--out", str(out)])
+    assert res.exit_code == 2, res.output
+    assert f"cannot create a file in {out.parent}: Read-only file system" in res.output
+    assert "file system is read-only" in res.output and "Internal error" not in res.output
+    assert not out.exists()
+
+
+def test_a_file_in_the_way_of_the_output_directory_is_bad_input(data_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("not a directory")
+    out = tmp_path / "taken" / "features.csv"
+    res = runner.invoke(app, ["features", str(data_dir), "--cutoff", "2023-06-01", "--out", str(out)])
+    assert res.exit_code == 2, res.output
+    assert "A file stands where a directory is needed" in res.output and "Internal error" not in res.output

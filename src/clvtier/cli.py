@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import functools
 import json
 import os
@@ -103,6 +104,30 @@ OUT_OF_MEMORY_FIX = ("Fix: raise --memory-limit (DuckDB spills to disk beyond it
                      "Nothing was written.")
 
 
+#: Errors of writing an output (the user's to fix, not a bug) and what to do about them.
+WRITE_FIXES = {
+    errno.EACCES: "Check the path's permissions, or choose an output path you can write to.",
+    errno.EPERM: "Check the path's permissions, or choose an output path you can write to.",
+    errno.EEXIST: "A file stands where a directory is needed: choose another output path.",
+    errno.EROFS: "The file system is read-only: choose an output path on a writable one.",
+    errno.ENOSPC: "The disk is full: free some space or write to another disk.",
+    errno.EDQUOT: "The disk quota is exhausted: free some space or write elsewhere.",
+    errno.EISDIR: "The output path is a directory: name a file inside it.",
+    errno.ENOTDIR: "A part of the output path is a file, not a directory: choose another path.",
+    errno.ENAMETOOLONG: "The output path is too long: choose a shorter one.",
+}
+
+
+def _os_error_place(exc: OSError) -> str:
+    """The path an OS error is about, as the user named it (a temporary file's directory)."""
+    if not exc.filename:
+        return "the output"
+    path = Path(os.fsdecode(exc.filename))
+    if path.name.startswith(".") and path.name.endswith(".tmp"):  # persist.atomic_path's temporary file
+        return f"cannot create a file in {path.parent}"
+    return str(path)
+
+
 def handle_errors(fn: F) -> F:
     """Turn clvtier errors into a message and an exit code; never print a traceback."""
 
@@ -125,6 +150,14 @@ def handle_errors(fn: F) -> F:
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except typer.Exit:
             raise
+        except OSError as exc:
+            code = errno.ENOSPC if exc.errno is None and "No space left" in str(exc) else exc.errno
+            if code not in WRITE_FIXES:
+                raise _internal(exc) from None
+            err.print(f"Error: {_os_error_place(exc)}: {exc.strerror or os.strerror(code)}.",
+                      highlight=False, markup=False)
+            err.print(f"Fix: {WRITE_FIXES[code]} Nothing was written.", highlight=False, markup=False)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
         except MemoryError as exc:
             err.print(f"Error: out of memory ({exc}).", highlight=False, markup=False)
             err.print(OUT_OF_MEMORY_FIX, highlight=False, markup=False)
@@ -135,19 +168,23 @@ def handle_errors(fn: F) -> F:
                           f"({str(exc).splitlines()[0]}).", highlight=False, markup=False)
                 err.print(OUT_OF_MEMORY_FIX, highlight=False, markup=False)
                 raise typer.Exit(EXIT_BAD_INPUT) from None
-            # the last line of defence: no traceback for the user
-            if os.environ.get("CLVTIER_DEBUG"):
-                raise
-            err.print(
-                f"Internal error: {type(exc).__name__}: {exc}\n"
-                "This is a bug in clvtier. Run again with CLVTIER_DEBUG=1 for the traceback "
-                "and report it with the command line you used.",
-                highlight=False,
-                markup=False,
-            )
-            raise typer.Exit(EXIT_INTERNAL) from None
+            raise _internal(exc) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _internal(exc: Exception) -> typer.Exit:
+    """Report an unexpected exception without a traceback (unless CLVTIER_DEBUG is set)."""
+    if os.environ.get("CLVTIER_DEBUG"):
+        raise exc
+    err.print(
+        f"Internal error: {type(exc).__name__}: {exc}\n"
+        "This is a bug in clvtier. Run again with CLVTIER_DEBUG=1 for the traceback "
+        "and report it with the command line you used.",
+        highlight=False,
+        markup=False,
+    )
+    return typer.Exit(EXIT_INTERNAL)
 
 
 def _print_problems(problems: list[Any]) -> None:
@@ -231,18 +268,25 @@ def validate(
     out.print(f"[green]OK[/green]: {len(ds.warnings)} warning(s), no errors.")
 
 
-def _check_cutoff(ds: Any, cutoff: dt.date) -> None:
+def _check_model_dir(path: Path) -> None:
+    """A mistyped model path is bad input (exit 2), not an unusable model (exit 3)."""
+    if not path.exists():
+        raise InputError(f"{path} does not exist.", "Pass the RUN_DIR written by 'clvtier train'.")
+
+
+def _check_cutoff(ds: Any, cutoff: dt.date, what: str = "the cutoff") -> None:
     """Refuse a cutoff no customer is known at; point out one past the last transaction."""
     starts = [s["first_date"] for name, s in ds.summary.items()
               if name in ("transactions", "customers") and s.get("first_date")]
     if starts and cutoff <= min(starts):
         raise InputError(
-            f"no customer is known before the cutoff {cutoff}: the data start on {min(starts)}.",
-            f"Choose a cutoff after {min(starts)} (the features use events strictly before it).",
+            f"no customer is known before {what} {cutoff}: the data start on {min(starts)}.",
+            f"Choose a date after {min(starts)} (the features use events strictly before it).",
         )
-    if cutoff > ds.last_date + dt.timedelta(days=1):
-        days = (cutoff - ds.last_date).days
-        out.print(f"Note: the cutoff {cutoff} is {days:,} days after the last transaction ({ds.last_date}); "
+    last = ds.summary["transactions"]["last_date"]
+    if cutoff > last + dt.timedelta(days=1):
+        days = (cutoff - last).days
+        out.print(f"Note: {what} {cutoff} is {days:,} days after the last transaction ({last}); "
                   "recency and window features count those days as days without purchases.")
 
 
@@ -391,8 +435,10 @@ def print_result(result: Any, run_dir: Path) -> None:
     th = m["thresholds"]
     # With the zero rule, Low is "no spend" (value <= 0), not "below a threshold".
     low = "Low = no spend (<= 0)" if th.get("zero_rule_applied") else f"Low < {th['low_cut']:,.2f} <="
+    period = (f"Cutoff {m['cutoff']}, horizon {m['horizon_days']} days" if m["mode"] != "snapshot"
+              else f"Snapshot of every event before {m['cutoff']}")
     out.print(
-        f"Cutoff {m['cutoff']}, horizon {m['horizon_days']} days, target '{m['target']}'. "
+        f"{period}, target '{m['target']}'. "
         f"Tiers: {low} Medium < {th['high_cut']:,.2f} <= High ({th['rule']}). "
         f"Customers: {m['n_train']:,} train / {m['n_test']:,} test.",
         highlight=False,
@@ -463,7 +509,7 @@ CandOpt = Annotated[str | None, typer.Option(
 TiersOpt = Annotated[str, typer.Option(help="quartile, quantiles:Q1,Q2 or amounts:A1,A2.")]
 BacktestOpt = Annotated[int, typer.Option(min=0, help="Earlier cutoffs in the out-of-time backtest.")]
 UndatedOpt = Annotated[bool, typer.Option("--drop-undated", help="Leave out features that are not time-bounded.")]
-BootOpt = Annotated[int, typer.Option("--bootstrap", min=0, help="Bootstrap resamples for the 95 % intervals.")]
+BootOpt = Annotated[int, typer.Option("--bootstrap", min=1, help="Bootstrap resamples for the 95 % intervals.")]
 
 
 @app.command()
@@ -534,6 +580,7 @@ def predict(
         return
     _check_engine(engine)
 
+    _check_model_dir(model_dir)
     model = load_model(model_dir)
     as_of_date = _date(as_of, "--as-of")
     with progress("Validating data"):
@@ -541,6 +588,15 @@ def predict(
         # simply not used, and validation does not warn about them.
         ds = load(data, con=_connect(memory_limit))
     _print_problems(ds.warnings)
+    if as_of_date is not None:
+        today = ds.as_of or dt.date.today()
+        if as_of_date > today + dt.timedelta(days=1):
+            raise InputError(f"--as-of {as_of_date} is after today ({today}): no event can be known then.",
+                             "Score as of today or an earlier date.")
+        _check_cutoff(ds, as_of_date, "the scoring date")
+    if model.metadata.get("describes_past_only"):
+        out.print("[bold yellow]This model was trained in snapshot mode: its tiers describe customers' past "
+                  "spend, not a prediction of their future value.[/bold yellow]")
     scored = 0
     with progress("Building features, then scoring") as update:
 
@@ -575,6 +631,7 @@ def report(
     """Write RUN_DIR/report.html, a self-contained HTML report."""
     from clvtier.persist import load_model
 
+    _check_model_dir(run_dir)
     load_model(run_dir)
     path = _write_report(run_dir)
     if path is None:

@@ -66,6 +66,9 @@ def default_cutoff(data: Any, horizon_days: int) -> dt.date:
 def check_cutoff(data: Any, cutoff: dt.date, horizon_days: int, min_history_days: int = 30) -> None:
     """Refuse a cutoff that leaves no history before it or no horizon after it."""
     first, last = data.first_date, data.last_date
+    # Data.last_date stops at the as-of date when transactions are dated after it.
+    as_of = getattr(data, "as_of", None)
+    end = "the as-of date" if as_of is not None and as_of == last else "the last transaction"
     if cutoff <= first + dt.timedelta(days=min_history_days):
         raise InputError(
             f"cutoff {cutoff} leaves less than {min_history_days} days of history "
@@ -74,13 +77,13 @@ def check_cutoff(data: Any, cutoff: dt.date, horizon_days: int, min_history_days
         )
     if cutoff > last:
         raise InputError(
-            f"cutoff {cutoff} is after the last transaction ({last}): the horizon is empty.",
+            f"cutoff {cutoff} is after {end} ({last}): the horizon is empty.",
             "Choose an earlier --cutoff, or use predict to score the present.",
         )
-    end = cutoff + dt.timedelta(days=horizon_days)
-    if end > last + dt.timedelta(days=1):
+    stop = cutoff + dt.timedelta(days=horizon_days)
+    if stop > last + dt.timedelta(days=1):
         raise InputError(
-            f"the horizon {cutoff}..{end} runs past the last transaction ({last}); "
+            f"the horizon {cutoff}..{stop} runs past {end} ({last}); "
             "customers would look inactive only because the data stop.",
             f"Choose --cutoff {last + dt.timedelta(days=1) - dt.timedelta(days=horizon_days)} "
             "or earlier, or a shorter --horizon-days.",

@@ -400,6 +400,20 @@ def _as_date(value: dt.date | str) -> dt.date:
         raise InputError(f"'{value}' is not a date.", "Write dates as YYYY-MM-DD.") from None
 
 
+def _checked_cutoff(data: Any, cutoff: dt.date | str) -> dt.date:
+    """The cutoff as a date; refused when it would read events dated after the data's as-of date."""
+    cutoff = _as_date(cutoff)
+    as_of = getattr(data, "as_of", None)
+    if as_of is not None and cutoff > as_of + dt.timedelta(days=1):
+        raise InputError(
+            f"the cutoff {cutoff} is after the data's as-of date {as_of}: the features would read "
+            "events dated after it, which are kept but never used.",
+            f"Choose a date on or before {as_of + dt.timedelta(days=1)}. The data's as-of date is the "
+            "date they were exported: --as-of of validate, features and train, today by default.",
+        )
+    return cutoff
+
+
 #: Transactions per pass of the feature query: beyond it, the customers are split into
 #: consecutive ranges of their ids, built one range at a time, so the engine's working set
 #: (the per-customer window over the transactions) stays within its memory limit.
@@ -475,7 +489,7 @@ def build_features(data: Any, cutoff: dt.date | str, spec: FeatureSpec | None = 
     >>> fs.frame.columns[:3].tolist()  # doctest: +SKIP
     ['customer_id', 'n_transactions', 'total_spend']
     """
-    cutoff = _as_date(cutoff)
+    cutoff = _checked_cutoff(data, cutoff)
     spec = spec or learn_spec(data.tables, data.con)
     parts = []
     ranges = pass_ranges(data) if passes is None else id_ranges(data, passes)
@@ -496,6 +510,7 @@ def write_feature_parts(data: Any, spec: FeatureSpec, cutoff: dt.date, work: Pat
     itself: the rows never pass through Python, and DuckDB streams and spills under
     its memory limit.
     """
+    cutoff = _checked_cutoff(data, cutoff)
     paths = []
     # The features are ordered by their own ORDER BY; not keeping the scan order lets
     # DuckDB stream and spill the large window and aggregate under its memory limit.
@@ -541,13 +556,16 @@ def write_features(data: Any, cutoff: dt.date | str, out: str | Path,
 
     import pyarrow.parquet as pq
 
-    from clvtier.persist import atomic_path, safe_csv_frame
+    from clvtier.persist import atomic_path, check_not_input, safe_csv_frame
 
     out = Path(out)
     suffix = out.suffix.lower()
     if suffix not in (".csv", ".parquet"):
         raise InputError(f"{out}: unknown output format.", "Name the output file .csv or .parquet.")
-    cutoff = _as_date(cutoff)
+    meta = out.with_name(out.name + ".meta.json")
+    check_not_input(out, data)
+    check_not_input(meta, data)
+    cutoff = _checked_cutoff(data, cutoff)
     spec = spec or learn_spec(data.tables, data.con)
     n = 0
     with tempfile.TemporaryDirectory(prefix="clvtier-features-") as work, atomic_path(out) as tmp:
@@ -575,7 +593,6 @@ def write_features(data: Any, cutoff: dt.date | str, out: str | Path,
             if writer is not None:
                 writer.close()
     result = FeatureFile(out, n, cutoff, spec, feature_columns(spec))
-    meta = out.with_name(out.name + ".meta.json")
     with atomic_path(meta) as tmp:
         tmp.write_text(json.dumps(result.metadata(), indent=2))
     return result

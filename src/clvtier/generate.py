@@ -73,6 +73,8 @@ from __future__ import annotations
 
 import math
 import operator
+import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
@@ -535,8 +537,20 @@ def generate(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = {t: out / f"{_FILE_STEMS[t]}.{fmt}" for t in _TABLES}
-    cal = _calendar(first, last)
-    cities = _city_pool(seed)
+    # Written to a temporary directory inside ``out`` and moved into place at the end, so
+    # a failed or interrupted run leaves no partial tables (nor replaces earlier ones).
+    with tempfile.TemporaryDirectory(prefix=".clvtier-generate-", suffix=".tmp", dir=out) as work:
+        partial = {t: Path(work) / f.name for t, f in files.items()}
+        n_tx = _write_tables(partial, n_customers, seed, _calendar(first, last), _city_pool(seed),
+                             chunk_size, fmt, progress)
+        for t in _TABLES:
+            os.replace(partial[t], files[t])
+    return GeneratedData(out=out, files=files, n_customers=n_customers, n_transactions=n_tx)
+
+
+def _write_tables(files: dict[str, Path], n_customers: int, seed: int, cal: Any, cities: Any,
+                  chunk_size: int, fmt: str, progress: Callable[[int], None] | None) -> int:
+    """Simulate the customers in chunks and write every table to ``files``; return the transactions."""
     blocks_per_chunk = max(1, math.ceil(chunk_size / _BLOCK))
     n_blocks = math.ceil(n_customers / _BLOCK)
     sink: _CsvSink | _ParquetSink = _CsvSink(files) if fmt == "csv" else _ParquetSink(files)
@@ -565,7 +579,7 @@ def generate(
                 progress(tables["customers"]["customer_id"].size)
     finally:
         sink.close()
-    return GeneratedData(out=out, files=files, n_customers=n_customers, n_transactions=n_tx)
+    return n_tx
 
 
 _GT_DATES = ("join_date", "first_purchase_date", "dropout_date")

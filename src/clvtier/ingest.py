@@ -417,10 +417,17 @@ def _decode_head(head: bytes, src: TableSource) -> str:
                 raise InputError(
                     "the gzip file is corrupt.", "Compress the CSV again with gzip."
                 ) from None
-    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or b"\x00" in head[:4096]:
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise InputError(
+            "the file is UTF-16 encoded (Excel's 'Unicode text'), not UTF-8 text.",
+            "Save the table as UTF-8 CSV (in Excel: 'CSV UTF-8'), or convert it: "
+            "iconv -f utf-16 -t utf-8 in > out.",
+        )
+    if b"\x00" in head[:4096]:
         raise InputError(
             "the file is binary or UTF-16 encoded, not UTF-8 text.",
-            "Save the table as UTF-8 CSV (in Excel: 'CSV UTF-8').",
+            "Save the table as UTF-8 CSV (in Excel: 'CSV UTF-8'); a UTF-16 file without a byte-order "
+            "mark converts with iconv -f utf-16le -t utf-8 in > out (utf-16be for big-endian).",
         )
     try:
         return head.decode("utf-8-sig")

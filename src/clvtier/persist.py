@@ -59,6 +59,20 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def check_not_input(out: str | Path, data: Any) -> None:
+    """Refuse an output file that is one of the data's input files (it would be replaced)."""
+    from clvtier.errors import InputError
+
+    target = Path(out).resolve()
+    for name, src in getattr(data, "sources", {}).items():
+        path = getattr(src, "path", None)
+        if path is not None and Path(path).resolve() == target:
+            raise InputError(
+                f"{out} is the input file of the {name} table; writing there would replace the data.",
+                "Choose another output path (e.g. in a directory of its own).",
+            )
+
+
 def check_run_dir(path: str | Path) -> None:
     """Refuse an output directory for a run that would replace anything but an earlier run.
 

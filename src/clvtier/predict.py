@@ -393,7 +393,7 @@ def score_to_file(model: Model, data: Any, out: str | Path, as_of: dt.date | Non
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from clvtier.persist import atomic_path
+    from clvtier.persist import atomic_path, check_not_input
 
     out = Path(out)
     suffix = out.suffix.lower()
@@ -401,6 +401,7 @@ def score_to_file(model: Model, data: Any, out: str | Path, as_of: dt.date | Non
         raise InputError(f"{out}: unknown output format.", "Name the output file .csv or .parquet.")
     if chunk_size < 1:
         raise InputError(f"chunk size {chunk_size} is out of range.", "Use a positive number of customers.")
+    check_not_input(out, data)
     as_of = as_of or data.last_date + dt.timedelta(days=1)
     with tempfile.TemporaryDirectory(prefix="clvtier-score-") as work:
         t0 = time.perf_counter()

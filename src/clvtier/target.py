@@ -278,7 +278,7 @@ class TierBinner(TransformerMixin, BaseEstimator):
                     f"{_empty_phrase(empty)} on the fit data "
                     f"({_format_shares(shares)}).",
                     fix=f"choose amounts inside the range of the values "
-                    f"({values.min():g} to {values.max():g}) or use method='quartile'",
+                    f"({values.min():g} to {values.max():g}), or use the quartile method (--tiers quartile)",
                 )
             rule = f"amounts: Low < {low_cut:g} <= Medium < {high_cut:g} <= High"
         else:
@@ -440,9 +440,9 @@ def _zero_rule(
     candidates = []
     upper = float(np.quantile(values, q_high))
     if upper > 0:
-        candidates.append((upper, f"{name_high} of all customers"))
+        candidates.append((upper, f"{name_high} of all training customers"))
     if positive.size:
-        candidates.append((float(np.median(positive)), "the median of the customers who spent"))
+        candidates.append((float(np.median(positive)), "the median of the training customers who spent"))
     tried: list[str] = []
     seen: set[float] = set()
     for high_cut, source in candidates:

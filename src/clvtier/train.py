@@ -115,6 +115,11 @@ class TrainConfig:
             raise InputError(f"--horizon-days {self.horizon_days} is too short.", "Use at least 7 days.")
         if not self.candidates:
             raise InputError("no candidate models given.", f"Choose from {', '.join(DEFAULT_CANDIDATES)}.")
+        if not 1 <= self.n_boot <= 100_000:
+            raise InputError(f"--bootstrap {self.n_boot} is out of range.",
+                             "Use 1 to 100,000 resamples (the default is 500).")
+        if not 0 <= self.seed < 2**32:
+            raise InputError(f"--seed {self.seed} is out of range.", "Use a whole number from 0 to 4,294,967,295.")
         if self.max_train_customers is not None and self.max_train_customers < 100:
             raise InputError(f"--max-train-customers {self.max_train_customers} is too small.",
                              "Use at least 100 (the default is 200,000).")

@@ -53,6 +53,9 @@ class Dataset:
         The warnings found (errors raise instead).
     summary : dict
         Rows, customers and date range per table.
+    as_of : date or None
+        The date the data describe (the export date); events dated after it are kept
+        but never used.
     """
 
     con: Any
@@ -60,6 +63,7 @@ class Dataset:
     sources: dict[str, TableSource]
     problems: list[Problem] = field(default_factory=list)
     summary: dict[str, dict[str, Any]] = field(default_factory=dict)
+    as_of: dt.date | None = None
 
     @property
     def warnings(self) -> list[Problem]:
@@ -67,8 +71,13 @@ class Dataset:
 
     @property
     def last_date(self) -> dt.date:
-        """The last transaction date in the data."""
-        return self.summary["transactions"]["last_date"]
+        """The last transaction date in the data, and at the latest the as-of date.
+
+        Default cutoffs and horizons end there, so transactions dated after the as-of
+        date (an export's typos, pre-booked orders) never reach features or targets.
+        """
+        last: dt.date = self.summary["transactions"]["last_date"]
+        return min(last, self.as_of) if self.as_of else last
 
     @property
     def first_date(self) -> dt.date:
@@ -132,7 +141,7 @@ def validate(raw: RawTables, as_of: dt.date | None = None) -> Dataset:
         problems.extend(_cross_checks(raw.con, typed, raw.sources))
     if any(p.severity == "error" for p in problems):
         raise DataError(problems)
-    return Dataset(raw.con, typed, raw.sources, problems, summary)
+    return Dataset(raw.con, typed, raw.sources, problems, summary, as_of)
 
 
 def _materialise(raw: RawTables, typed: dict[str, ir.Table]) -> dict[str, ir.Table]:
