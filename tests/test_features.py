@@ -306,10 +306,12 @@ def reference_features(tx: list, cust: dict, mk: list, cutoff_offset: int) -> pd
         r["ipt_mean"] = gaps.mean() if len(gaps) else 0.0
         r["ipt_std"] = gaps.std(ddof=0) if len(gaps) else 0.0
         r["days_since_last_purchase"] = (cutoff - per_day.index[-1]).days if active else 0
-        r["n_categories"] = mine["category"].nunique()
+        bought = mine[mine["amount"] > 0]  # the category mix is over purchases, not returns
+        r["n_categories"] = bought["category"].nunique()
         for c in CATEGORIES:
-            spent = mine.loc[mine["category"] == c, "amount"].sum()
-            r[f"share_{c.lower().replace(' ', '_')}"] = spent / total if total > 0 else 0.0
+            spent = bought.loc[bought["category"] == c, "amount"].sum()
+            gross = bought["amount"].sum()
+            r[f"share_{c.lower().replace(' ', '_')}"] = spent / gross if gross > 0 else 0.0
         join, age, gender = cust.get(cid, (None, None, None))
         r["age"] = float(age) if age is not None else NAN
         r["gender"] = gender if gender is not None else NAN

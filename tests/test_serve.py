@@ -287,6 +287,63 @@ def test_api_key(client: TestClient, settings_override: Any) -> None:
     assert bad.status_code == 401  # the key is checked before the body is read
 
 
+def test_the_key_is_checked_before_a_streamed_body_is_read(small_body_client: TestClient,
+                                                          trained: tuple[Path, Path]) -> None:
+    def chunks() -> Iterator[bytes]:  # no Content-Length, and larger than the limit
+        yield b'{"as_of": "2024-01-01", "customers": ['
+        for i in range(200):
+            yield json.dumps(one(str(i))).encode() + b","
+        yield b'{"customer_id": "last"}]}'
+
+    settings = Settings(model_dir=trained[1], max_body_bytes=2048, api_key="k")
+    small_body_client.app.dependency_overrides[get_settings] = lambda: settings
+    try:
+        r = small_body_client.post("/v1/score", content=chunks(), headers={"Content-Type": "application/json"})
+        assert r.status_code == 401 and "X-API-Key" in r.json()["fix"]
+        r = small_body_client.post("/v1/score", content=chunks(),
+                                   headers={"Content-Type": "application/json", "X-API-Key": "k"})
+        assert r.status_code == 413 and r.headers["Connection"] == "close" and r.json()["fix"]
+    finally:
+        small_body_client.app.dependency_overrides.clear()
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded",
+                                          "application/jsonx"])
+def test_a_body_declared_as_not_json_is_415(client: TestClient, content_type: str) -> None:
+    body = json.dumps({"as_of": "2024-01-01", "customers": [one()]}).encode()
+    r = client.post("/v1/score", content=body, headers={"Content-Type": content_type})
+    assert r.status_code == 415
+    assert "not JSON" in r.json()["detail"] and "Content-Type: application/json" in r.json()["fix"]
+    for accepted in ({"Content-Type": "application/json; charset=utf-8"}, {"Content-Type": "Application/JSON"}, {}):
+        assert client.post("/v1/score", content=body, headers=accepted).status_code == 200, accepted
+
+
+@pytest.mark.parametrize(("as_of", "customer", "where", "message"), [
+    ("1899-12-31", one(), ["body", "as_of"], "dates are written YYYY-MM-DD, from 1900-01-01 to 2199-12-31"),
+    ("2023-02-30", one(), ["body", "as_of"], "2023-02-30 is not a day of the calendar"),
+    ("2024-01-01", one(transactions=[{"date": "2200-01-01", "amount": 1.0}]),
+     ["body", "customers", 0, "transactions", 0, "date"],
+     "dates are written YYYY-MM-DD, from 1900-01-01 to 2199-12-31"),
+    ("2024-01-01", one(profile={"join_date": "2023-01-01T10:00:00"}),
+     ["body", "customers", 0, "profile", "join_date"], "dates are written YYYY-MM-DD, from 1900-01-01 to 2199-12-31"),
+    ("2024-01-01", one(" A1"), ["body", "customers", 0, "customer_id"],
+     "ids have no control characters and no blank at the start or end"),
+    ("2024-01-01", one(offers=[{"date": "2023-01-01", "response": "No", "promotion_type": " "}]),
+     ["body", "customers", 0, "offers", 0, "promotion_type"],
+     "must hold a character other than a blank, and no control characters"),
+    ("2024-01-01", one(transactions=[{"date": "2023-01-01", "amount": 1.0, "category": "a\tb"}]),
+     ["body", "customers", 0, "transactions", 0, "category"],
+     "text has no control characters (tabs, line breaks and the like)"),
+], ids=["as-of-before-1900", "as-of-no-such-day", "date-after-2199", "timestamp", "id-blank", "promotion-blank",
+        "control-character"])
+def test_field_rules_are_said_in_words(client: TestClient, as_of: str, customer: dict[str, Any],
+                                       where: list[Any], message: str) -> None:
+    r = post(client, [customer], as_of=as_of)
+    assert r.status_code == 422
+    assert {"loc": where, "msg": message} in [{k: d[k] for k in ("loc", "msg")} for d in r.json()["detail"]]
+    assert "^" not in r.text  # no regular expression
+
+
 def test_batch_over_the_limit_is_413(client: TestClient) -> None:
     customers = [{"customer_id": str(i)} for i in range(10_001)]
     r = post(client, customers)
@@ -297,7 +354,8 @@ def test_batch_over_the_limit_is_413(client: TestClient) -> None:
 def test_batch_limit_comes_from_settings(client: TestClient, settings_override: Any) -> None:
     settings_override(max_customers=2)
     assert post(client, [one("a"), one("b")]).status_code == 200
-    assert post(client, [one("a"), one("b"), one("c")]).status_code == 413
+    r = post(client, [one("a"), one("b"), one("c")])
+    assert r.status_code == 413 and "at most 2" in r.json()["fix"]
 
 
 def test_records_per_customer_over_the_limit_is_413(client: TestClient, settings_override: Any) -> None:
@@ -489,13 +547,42 @@ def test_every_problem_reported_at_once(client: TestClient) -> None:
     assert ("body", "customers", 0, "offers", 0, "response") in locs
 
 
-def test_features_the_model_cannot_take_are_422(client: TestClient) -> None:
+def test_spend_that_cancels_out_gives_shares_of_purchases(trained: tuple[Path, Path]) -> None:
+    """Net spend of ~5e-324: the category shares are of purchases, within [0, 1], not 1e9 / 5e-324."""
+    from clvtier.serve.schemas import parse_score_request
+    from clvtier.serve.scoring import Scorer
+
     cancelling = [{"date": "2023-01-01", "amount": 1e9, "category": "Electronics"},
                   {"date": "2023-01-01", "amount": -1e9, "category": "Clothing"},
-                  {"date": "2023-01-02", "amount": 5e-324, "category": "Home Goods"}]  # share = 1e9 / 5e-324
-    r = post(client, [one("fine"), one("odd", transactions=cancelling)])
+                  {"date": "2023-01-02", "amount": 5e-324, "category": "Home Goods"}]
+    body = json.dumps({"as_of": "2024-01-01", "customers": [one("odd", transactions=cancelling)]}).encode()
+    batch = parse_score_request(body)
+    frame = Scorer(load(trained[1])).features(batch.customers, batch.as_of)
+    shares = frame.filter(like="share_").iloc[0]
+    assert shares["share_electronics"] == 1.0 and shares["share_clothing"] == 0.0
+    assert ((shares >= 0) & (shares <= 1)).all()
+    assert frame["total_spend"].iloc[0] == 5e-324
+
+
+def test_features_the_model_cannot_take_are_422(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    from clvtier.serve.scoring import Scorer
+
+    real = Scorer.features
+
+    def overflowing(self: Scorer, customers: Any, as_of: dt.date) -> pd.DataFrame:
+        frame = real(self, customers, as_of)
+        frame.loc[frame.index[-1], "total_spend"] = math.inf  # the last customer of the batch
+        return frame
+
+    cancelling = [{"date": "2023-01-01", "amount": 1e9, "category": "Electronics"},
+                  {"date": "2023-01-01", "amount": -1e9, "category": "Clothing"},
+                  {"date": "2023-01-02", "amount": 5e-324, "category": "Home Goods"}]
+    assert post(client, [one("fine"), one("odd", transactions=cancelling)]).status_code == 200
+    monkeypatch.setattr(Scorer, "features", overflowing)
+    r = post(client, [one("fine"), one("odd")])
     assert r.status_code == 422
     assert r.json()["detail"].startswith("customers [1] cannot be scored")
+    monkeypatch.undo()
     assert post(client, [one("fine")]).status_code == 200
 
 

@@ -316,18 +316,23 @@ def _transaction_features(tx: ir.Table, spec: FeatureSpec, cutoff: ir.Scalar) ->
     }
     for w_days in SPEND_WINDOWS:
         aggs[f"spend_{w_days}d"] = amount.sum(where=tx.ago <= w_days)
+    # The category mix is over purchases (positive amounts): returns lower the total spend
+    # but not a category's share, so shares stay within [0, 1] even when a customer's net
+    # spend cancels out to (almost) nothing.
+    bought = amount > 0
+    aggs["purchases"] = amount.sum(where=bought)
     for c in spec.categories:
         s = slug(c)
-        aggs[f"amt_{s}"] = amount.sum(where=tx.product_category == c)
+        aggs[f"amt_{s}"] = amount.sum(where=bought & (tx.product_category == c))
     other = ~tx.product_category.isin(list(spec.categories)) & tx.product_category.notnull()
-    aggs["n__other"] = other.sum() if spec.categories else tx.product_category.notnull().sum()
+    aggs["n__other"] = (bought & (other if spec.categories else tx.product_category.notnull())).sum()
     g = tx.group_by("customer_id").aggregate(**aggs)
     freq = g.n_days - 1
     total = g.total_spend
     first_value = g.first_purchase_value.fill_null(0)
     n_categories = (g["n__other"] > 0).cast("int64")
     for c in spec.categories:
-        # A category's spend is null exactly when the customer has no row of it.
+        # A category's purchases are null exactly when the customer has bought none of it.
         n_categories = n_categories + g[f"amt_{slug(c)}"].notnull().cast("int64")
     # The gaps between purchase days sum to the span from the first to the last one, so
     # their mean and spread need only the sum of their squares. All three are whole days,
@@ -350,7 +355,7 @@ def _transaction_features(tx: ir.Table, spec: FeatureSpec, cutoff: ir.Scalar) ->
     }
     for c in spec.categories:
         s = slug(c)
-        derived[f"share_{s}"] = ibis.ifelse(total > 0, g[f"amt_{s}"].fill_null(0) / total, 0.0)
+        derived[f"share_{s}"] = ibis.ifelse(g.purchases > 0, g[f"amt_{s}"].fill_null(0) / g.purchases, 0.0)
     keep = ["customer_id", "n_transactions", "total_spend", "max_spend", "first_purchase_value",
             "first_purchase_day", *(f"spend_{w}d" for w in SPEND_WINDOWS)]
     return g.select(*keep, **derived)

@@ -163,7 +163,7 @@ class MicroBatcher:
             if unscored:  # only this request fails
                 out.append(InputError(
                     f"customers {unscored[:10]} cannot be scored: their records give features the model "
-                    "cannot take (for example the spend share of a total that cancels out to almost zero).",
+                    "cannot take (values too large to be finite).",
                     "Check those customers' transaction amounts.",
                 ))
             else:

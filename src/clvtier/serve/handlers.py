@@ -16,7 +16,8 @@ from starlette.exceptions import HTTPException
 
 from clvtier.errors import ClvtierError, InputError
 from clvtier.serve.logs import LOGGER
-from clvtier.serve.middleware import REQUEST_ID_HEADER, request_id
+from clvtier.serve.middleware import REQUEST_ID_HEADER, BodyTooLarge, request_id, too_large_response
+from clvtier.serve.schemas import error_message
 
 log = logging.getLogger(LOGGER)
 
@@ -40,9 +41,17 @@ async def clvtier_error(request: Request, exc: Exception) -> JSONResponse:
                   "Retry later; if it persists, report the request id to the service's operators.")
 
 
+class ApiError(HTTPException):
+    """An HTTP error of the service's own, with what the client should do about it."""
+
+    def __init__(self, status_code: int, detail: str, fix: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(status_code, detail, headers=dict(headers) if headers else None)
+        self.fix = fix
+
+
 async def http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
-    return _error(request, exc.status_code, exc.detail, headers=exc.headers)
+    return _error(request, exc.status_code, exc.detail, getattr(exc, "fix", None), headers=exc.headers)
 
 
 async def validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -50,10 +59,16 @@ async def validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     issues = [
         {"loc": [p if isinstance(p, int) else str(p) for p in e.get("loc", ())],
-         "msg": str(e.get("msg", "invalid")), "type": str(e.get("type", "value_error"))}
+         "msg": error_message(e), "type": str(e.get("type", "value_error"))}
         for e in exc.errors()
     ]
     return _error(request, 422, issues)
+
+
+async def body_too_large(request: Request, exc: Exception) -> JSONResponse:
+    """413 for a body that grew past the limit while it was read (see :class:`BodyLimitMiddleware`)."""
+    assert isinstance(exc, BodyTooLarge)
+    return too_large_response(request.scope, exc.max_bytes)
 
 
 async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
@@ -66,4 +81,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(ClvtierError, clvtier_error)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(BodyTooLarge, body_too_large)
     app.add_exception_handler(Exception, unexpected_error)

@@ -59,11 +59,21 @@ class RequestContextMiddleware:
             })
 
 
+class BodyTooLarge(Exception):
+    """The request body grew past the limit while the application read it (answered with 413)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(max_bytes)
+        self.max_bytes = max_bytes
+
+
 class BodyLimitMiddleware:
     """Refuse request bodies over ``max_bytes`` with 413: by Content-Length, and as they stream in.
 
-    The body is read here, up to the limit, and replayed to the application, so a
-    client that lies about (or omits) Content-Length cannot push more.
+    A declared Content-Length over the limit is refused before the application runs. The
+    body itself is counted as the application reads it, which it does only after checking
+    the API key: a client without the key is refused without its body being read, and a
+    client that lies about (or omits) Content-Length cannot push more than the limit.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
@@ -78,36 +88,27 @@ class BodyLimitMiddleware:
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             await self._too_large(scope, receive, send)
             return
-        chunks: list[bytes] = []
         size = 0
-        while True:
+
+        async def counted() -> Message:
+            nonlocal size
             message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                await self._too_large(scope, receive, send)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        replayed = False
+            if message["type"] == "http.request":
+                size += len(message.get("body", b""))
+                if size > self.max_bytes:
+                    raise BodyTooLarge(self.max_bytes)
+            return message
 
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, counted, send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = JSONResponse(
-            {"detail": f"the request body is larger than {self.max_bytes:,} bytes.",
-             "fix": "Send fewer customers per request.", "request_id": request_id(scope)},
-            status_code=413, headers={"Connection": "close"},
-        )
-        await response(scope, receive, send)
+        await too_large_response(scope, self.max_bytes)(scope, receive, send)
+
+
+def too_large_response(scope: Scope, max_bytes: int) -> JSONResponse:
+    """413 for a body over ``max_bytes``; the connection is closed (the rest of the body is not read)."""
+    return JSONResponse(
+        {"detail": f"the request body is larger than {max_bytes:,} bytes.",
+         "fix": "Send fewer customers per request.", "request_id": request_id(scope)},
+        status_code=413, headers={"Connection": "close"},
+    )

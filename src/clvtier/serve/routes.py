@@ -8,12 +8,13 @@ from typing import Annotated, Any
 
 import anyio
 import pyarrow.compute as pc
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import APIKeyHeader
 
 from clvtier.predict import Model
 from clvtier.serve.batching import MicroBatcher, Overloaded
+from clvtier.serve.handlers import ApiError
 from clvtier.serve.schemas import (
     ErrorBody,
     Health,
@@ -45,7 +46,8 @@ def require_api_key(
     if settings.api_key is None:
         return
     if key is None or not hmac.compare_digest(key.encode("utf-8"), settings.api_key.encode("utf-8")):
-        raise HTTPException(401, "missing or wrong API key.", headers={"WWW-Authenticate": "APIKey"})
+        raise ApiError(401, "missing or wrong API key.", "Send the service's key in the X-API-Key header.",
+                       headers={"WWW-Authenticate": "APIKey"})
 
 
 def only_query(*names: str) -> Callable[[Request], None]:
@@ -68,7 +70,15 @@ _SMALL_BODY = 64 * 1024
 
 
 async def score_request(request: Request) -> ScoreBatch:
-    """The request body, parsed and validated straight from JSON bytes (see :func:`parse_score_request`)."""
+    """The request body, parsed and validated straight from JSON bytes (see :func:`parse_score_request`).
+
+    A body declared as anything but JSON is refused (415) before it is read; no
+    Content-Type at all is taken as JSON.
+    """
+    declared = request.headers.get("content-type")
+    if declared is not None and declared.split(";")[0].strip().lower() != "application/json":
+        raise ApiError(415, f"the body is declared as '{declared[:60]}', not JSON.",
+                       "Send the body as JSON with the header Content-Type: application/json.")
     raw = await request.body()
     if len(raw) <= _SMALL_BODY:
         return parse_score_request(raw)
@@ -127,6 +137,7 @@ async def model_info(model: Annotated[Model, Depends(get_model)]) -> ModelInfo:
     dependencies=[Depends(only_query("reasons"))],
     responses={
         413: {"model": ErrorBody, "description": "Body, batch or a customer's records over the limits."},
+        415: {"model": ErrorBody, "description": "The body is declared as something other than JSON."},
         422: {"model": ErrorBody, "description": "Invalid payload: every problem with its field path."},
         503: {"model": ErrorBody, "description": "Too many customers waiting to be scored; retry (Retry-After)."},
     },
@@ -146,18 +157,21 @@ async def score(
     customer in the request is scored, including one without any event before ``as_of``.
     """
     if len(body) > settings.max_customers:
-        raise HTTPException(413, f"{len(body):,} customers in one request; "
-                                 f"the limit is {settings.max_customers:,}.")
+        raise ApiError(413, f"{len(body):,} customers in one request; the limit is {settings.max_customers:,}.",
+                       f"Split the customers into requests of at most {settings.max_customers:,}.")
     records = pc.add(*(pc.list_value_length(body.customers.field(f)).fill_null(0) for f in ("transactions", "offers")))
     over = pc.indices_nonzero(pc.greater(records, settings.max_records_per_customer))
     if len(over):
         i = over[0].as_py()
-        raise HTTPException(413, f"customers[{i}] has {records[i].as_py():,} transactions and offers; "
-                                 f"the limit is {settings.max_records_per_customer:,} per customer.")
+        raise ApiError(413, f"customers[{i}] has {records[i].as_py():,} transactions and offers; "
+                            f"the limit is {settings.max_records_per_customer:,} per customer.",
+                       "Send only the customer's recent records, or score such customers in batch "
+                       "with 'clvtier predict'.")
     try:
         scores = await batcher.score(body.customers, body.as_of, reasons)
     except Overloaded as exc:
-        raise HTTPException(503, f"the service is overloaded: {exc} Retry shortly.",
-                            headers={"Retry-After": "1"}) from None
+        raise ApiError(503, f"the service is overloaded: {exc}",
+                       "Retry after the Retry-After seconds, or send fewer customers at a time.",
+                       headers={"Retry-After": "1"}) from None
     # A plain dict: FastAPI validates it against ScoreResponse and serialises it in pydantic-core.
     return {"model": str(model.metadata.get("chosen_model", "")), "as_of": body.as_of, "scores": scores}

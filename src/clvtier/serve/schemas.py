@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, NotRequired
 
@@ -29,12 +29,32 @@ DATE_PATTERN = r"^(19\d{2}|2[01]\d{2})-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])$"
 _DATE_RE = re.compile(DATE_PATTERN)
 
 
+#: What a value that breaks a pattern should look like, in the words of the API's docs.
+PATTERN_MESSAGES = {
+    DATE_PATTERN: "dates are written YYYY-MM-DD, from 1900-01-01 to 2199-12-31",
+}
+
+
+def error_message(error: Mapping[str, Any]) -> str:
+    """pydantic's message for one problem; a broken pattern is said in words, not as the regex."""
+    ctx = error.get("ctx")
+    pattern = ctx.get("pattern") if isinstance(ctx, Mapping) else None
+    if error.get("type") == "string_pattern_mismatch" and pattern in PATTERN_MESSAGES:
+        return PATTERN_MESSAGES[str(pattern)]
+    message = str(error.get("msg", "invalid"))
+    # The service's own checks raise ValueError; pydantic prefixes their text with "Value error, ".
+    return message.removeprefix("Value error, ") if error.get("type") == "value_error" else message
+
+
 def _iso_date(value: object) -> object:
     """Only YYYY-MM-DD text is a date: pydantic alone also reads "0" or "1700000000" as timestamps."""
     if isinstance(value, str):
         if not _DATE_RE.match(value):
-            raise ValueError("dates are written YYYY-MM-DD")
-        return dt.date.fromisoformat(value)  # raises ValueError for 2023-02-30
+            raise ValueError(PATTERN_MESSAGES[DATE_PATTERN])
+        try:
+            return dt.date.fromisoformat(value)
+        except ValueError:  # 2023-02-30
+            raise ValueError(f"{value} is not a day of the calendar") from None
     return value
 
 
@@ -57,6 +77,11 @@ AGE_MAX, AMOUNT_MAX, COUNT_MAX = 150, 1e9, 1_000_000_000
 Text = Annotated[str, Field(max_length=TEXT_MAX, pattern=TEXT_PATTERN)]
 #: Identifiers: no control characters, no surrounding blanks.
 Id = Annotated[str, Field(min_length=1, max_length=ID_MAX, pattern=ID_PATTERN)]
+PATTERN_MESSAGES.update({
+    TEXT_PATTERN: "text has no control characters (tabs, line breaks and the like)",
+    ID_PATTERN: "ids have no control characters and no blank at the start or end",
+    NAME_PATTERN: "must hold a character other than a blank, and no control characters",
+})
 
 
 def _whole_number(value: object) -> object:
@@ -337,8 +362,8 @@ def parse_score_request(raw: bytes) -> ScoreBatch:
         request = ScoreRequest.model_validate_json(raw)
     except ValidationError as exc:
         problems = [
-            {"loc": ("body", *e["loc"]), "msg": e["msg"], "type": e["type"]}
-            for e in exc.errors(include_url=False, include_input=False, include_context=False)
+            {"loc": ("body", *e["loc"]), "msg": error_message(e), "type": e["type"]}
+            for e in exc.errors(include_url=False, include_input=False)
         ]
         try:  # impossible days too, so that one answer lists every problem
             customers = from_json(raw).get("customers")
@@ -505,5 +530,5 @@ def _impossible(dated: Iterable[tuple[tuple[Any, ...], Any]]) -> list[tuple[tupl
 
 
 def _date_problems(bad: list[tuple[tuple[Any, ...], str]]) -> list[dict[str, Any]]:
-    return [{"loc": ("body", "customers", *loc), "msg": f"Value error, {value} is not a day of the calendar",
+    return [{"loc": ("body", "customers", *loc), "msg": f"{value} is not a day of the calendar",
              "type": "value_error"} for loc, value in bad]

@@ -305,8 +305,8 @@ class Scorer:
         ``customers`` is a checked request's (:class:`clvtier.serve.schemas.ScoreBatch`).
 
         ``None`` for a customer whose records give features the model cannot take:
-        infinite values, such as the spend share of a total that cancels out to
-        almost zero. The other customers are scored as usual.
+        values too large to be finite (a guard: the request's limits on amounts and
+        records keep every feature finite). The other customers are scored as usual.
         """
         frame = self.features(customers, as_of)
         if len(frame) != len(customers):
