@@ -283,7 +283,7 @@ def test_features_on_bad_data_prints_the_error_and_writes_nothing(case: ErrorCas
     result = cli("features", str(data), "--cutoff", "2024-01-01", "--out", str(out_dir / "f.parquet"),
                  "--as-of", AS_OF)
     assert result.exit_code == EXIT_BAD_INPUT, result.output
-    [line] = [ln for ln in result.output.splitlines() if ln.startswith("ERROR: ")]
+    [line] = [ln for ln in result.output.splitlines() if ln.startswith("Error: ")]
     assert case.message in line and case.fix in line
     assert "Stopped: 1 error(s); nothing was written." in result.output
     assert "Traceback" not in result.output
@@ -312,7 +312,7 @@ def test_every_error_is_reported_at_once(tmp_path: Path) -> None:
     assert "Stopped: 4 error(s); nothing was written." in result.output
     for problem in info.value.problems:
         if problem.severity == "error":
-            assert f"ERROR: {problem.describe()}" in result.output
+            assert f"Error: {problem.describe()}" in result.output
 
 
 def test_nonexistent_path(tmp_path: Path) -> None:
@@ -352,7 +352,7 @@ def test_tiny_fixture_has_exactly_the_expected_warnings(tiny_dir: Path) -> None:
     result = cli("validate", str(tiny_dir), "--as-of", AS_OF)
     assert result.exit_code == 0, result.output
     for problem in ds.problems:
-        assert f"warning: {problem.describe()}" in result.output
+        assert f"Warning: {problem.describe()}" in result.output
     assert "OK: 6 warning(s), no errors." in result.output
 
 
@@ -943,3 +943,14 @@ def test_a_problem_states_its_row_count_once(count: int, message: str, shown: bo
 
     text = Problem("warning", "transactions", message, "Fix it.", count=count).describe()
     assert (f"({count:,} row" in text) is shown
+
+
+@pytest.mark.parametrize("with_customers", [False, True], ids=["alone", "next-to-a-table"])
+def test_a_spreadsheet_in_place_of_a_table_is_named(tmp_path: Path, with_customers: bool) -> None:
+    (tmp_path / "transactions.xlsx").write_bytes(b"PK\x03\x04 a workbook")
+    if with_customers:
+        (tmp_path / "customers.csv").write_text(TINY["customers"])
+    result = CliRunner().invoke(app, ["validate", str(tmp_path)])
+    assert result.exit_code == EXIT_BAD_INPUT
+    assert "transactions.xlsx is a spreadsheet, which clvtier does not read: save each sheet as CSV UTF-8" \
+        in result.output

@@ -174,10 +174,17 @@ def test_sigterm_finishes_in_flight_request_and_exits_0(server: dict[str, Any]) 
     assert lines[-1]["msg"].startswith("Finished server process")
 
 
-def test_workers_with_a_bad_model_fail_fast(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize(("where", "code", "message"), [
+    ("nowhere", 2, "nowhere does not exist"),
+    ("not-a-run", 3, "not-a-run is not a clvtier model directory"),
+])
+def test_a_bad_model_fails_fast_without_a_traceback(tmp_path: Path, workers: str, where: str, code: int,
+                                                     message: str) -> None:
+    (tmp_path / "not-a-run").mkdir()
     cmd = [sys.executable, "-c", "from clvtier.cli import main; main()",
-           "serve", "--model", str(tmp_path / "nowhere"), "--port", str(free_port()), "--workers", "2"]
+           "serve", "--model", str(tmp_path / where), "--port", str(free_port()), "--workers", workers]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
                          env={k: v for k, v in os.environ.items() if not k.startswith("CLVTIER_")})
-    assert res.returncode != 0
-    assert "Traceback" not in res.stderr and "nowhere" in res.stderr
+    assert res.returncode == code
+    assert "Traceback" not in res.stderr + res.stdout and message in res.stderr and "Fix:" in res.stderr

@@ -95,7 +95,7 @@ DataArg = Annotated[
     ),
 ]
 AsOfOpt = Annotated[
-    str | None, typer.Option("--as-of", help="Export date of the data (YYYY-MM-DD); default today.")
+    str | None, typer.Option("--as-of", metavar="DATE", help="Export date of the data (YYYY-MM-DD); default today.")
 ]
 
 
@@ -189,7 +189,7 @@ def _internal(exc: Exception) -> typer.Exit:
 
 def _print_problems(problems: list[Any]) -> None:
     for p in problems:
-        label = "ERROR" if p.severity == "error" else "warning"
+        label = "Error" if p.severity == "error" else "Warning"
         stream = err if p.severity == "error" else out
         stream.print(f"{label}: {p.describe()}", highlight=False, markup=False)
 
@@ -294,9 +294,10 @@ def _check_cutoff(ds: Any, cutoff: dt.date, what: str = "the cutoff") -> None:
 @handle_errors
 def features(
     data: DataArg,
-    cutoff: Annotated[str, typer.Option(help="Use events strictly before this date (YYYY-MM-DD).")],
+    cutoff: Annotated[str, typer.Option(metavar="DATE", help="Use events strictly before this date (YYYY-MM-DD).")],
     out_file: Annotated[
-        str, typer.Option("--out", help="Output file, .csv or .parquet (with --engine spark: any Spark path).")
+        str, typer.Option("--out", metavar="FILE",
+                          help="Output file, .csv or .parquet (with --engine spark: any Spark path).")
     ],
     as_of: AsOfOpt = None,
     engine: EngineOpt = "duckdb",
@@ -499,7 +500,8 @@ ModeOpt = Annotated[str, typer.Option(help="predictive (default: features before
                                             "or snapshot (the original same-period analysis; leaks).")]
 TargetOpt = Annotated[str | None, typer.Option(help="predictive: future (default) or total; "
                                                     "snapshot: total_spend (default) or formula.")]
-CutoffOpt = Annotated[str | None, typer.Option(help="Cutoff date T (default: last date minus the horizon).")]
+CutoffOpt = Annotated[str | None, typer.Option(metavar="DATE",
+                                               help="Cutoff date T (default: last date minus the horizon).")]
 HorizonOpt = Annotated[int, typer.Option("--horizon-days", min=1, help="Horizon H in days.")]
 MetricOpt = Annotated[str, typer.Option(help="Selection metric: macro_f1, accuracy, weighted_f1, balanced_accuracy.")]
 CvOpt = Annotated[int, typer.Option("--cv", min=2, help="Cross-validation folds.")]
@@ -553,7 +555,7 @@ def predict(
     model_dir: Annotated[Path, typer.Option("--model", help="Run directory written by 'clvtier train'.")],
     out_file: Annotated[Path, typer.Option("--out", help="Scores file, .csv or .parquet.")],
     as_of: Annotated[str | None, typer.Option(
-        "--as-of", help="Score as of this date: only events before it count "
+        "--as-of", metavar="DATE", help="Score as of this date: only events before it count "
                         "(default: the day after the last transaction).")] = None,
     no_reasons: Annotated[bool, typer.Option("--no-reasons", help="Skip the per-customer reasons (faster).")] = False,
     engine: EngineOpt = "duckdb",
@@ -689,6 +691,7 @@ def serve(
     except ImportError as exc:
         raise InputError(f"the HTTP service is not installed ({exc.name} is missing).",
                          "Install it with: pip install 'clvtier[serve]'") from None
+    _check_model_dir(model_dir)
     run(model_dir, host=host, port=port, api_key=api_key, workers=workers)
 
 

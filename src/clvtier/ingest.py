@@ -82,6 +82,8 @@ class RawTables:
     tables: dict[str, ibis.Table]
     sources: dict[str, TableSource]
     problems: list[Problem] = field(default_factory=list)
+    #: What was read: a data directory, a mapping or database file (None for a dict of sources).
+    source: Any = None
 
 
 def connect(
@@ -319,6 +321,21 @@ def _check_mapping_types(path: Path, name: str, section: dict[str, Any]) -> None
             raise InputError(f"{path}: section [{name}] has {key} = {value!r}.", f"Write {key} as {expected}.")
 
 
+_SPREADSHEETS = (".xlsx", ".xlsm", ".xls", ".ods", ".numbers")
+
+
+def spreadsheet_hint(source: Any) -> str:
+    """``"; ... are spreadsheets"`` naming the spreadsheet files of a data directory (read only as CSV), else ``""``."""
+    path = Path(source) if isinstance(source, (str, Path)) else None
+    if path is None or not path.is_dir():
+        return ""
+    found = sorted(p.name for p in path.iterdir() if p.suffix.lower() in _SPREADSHEETS)
+    if not found:
+        return ""
+    return (f"; {', '.join(found[:4])} {'is a spreadsheet' if len(found) == 1 else 'are spreadsheets'}, "
+            "which clvtier does not read: save each sheet as CSV UTF-8 under its table's name")
+
+
 def load_tables(
     source: str | Path | dict[str, TableSource], con: Any | None = None
 ) -> RawTables:
@@ -340,14 +357,15 @@ def load_tables(
     """
     sources = source if isinstance(source, dict) else discover(source)
     con = con if con is not None else connect()
-    raw = RawTables(con=con, tables={}, sources=dict(sources))
+    raw = RawTables(con=con, tables={}, sources=dict(sources),
+                    source=None if isinstance(source, dict) else source)
     if not sources:
         where = str(source)
         raw.problems.append(
             Problem(
                 "error",
                 "transactions",
-                f"no data tables found in {where}",
+                f"no data tables found in {where}{spreadsheet_hint(source)}",
                 "Name the files transactions.csv (or transactions_final.csv, .parquet, "
                 ".csv.gz), customers.csv, engagements.csv and marketing.csv, or describe "
                 "the layout in a mapping file (docs/mapping.md).",

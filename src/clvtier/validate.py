@@ -27,7 +27,7 @@ import ibis
 import ibis.expr.types as ir
 
 from clvtier.errors import DataError, Problem
-from clvtier.ingest import RawTables, TableSource, load_tables
+from clvtier.ingest import RawTables, TableSource, load_tables, spreadsheet_hint
 from clvtier.schema import DATE_PATTERNS as _DATE_PATTERNS
 from clvtier.schema import RESPONSE_NO, RESPONSE_YES, TABLES, Column
 
@@ -121,7 +121,8 @@ def validate(raw: RawTables, as_of: dt.date | None = None) -> Dataset:
             Problem(
                 "error",
                 "transactions",
-                f"the required transactions table is missing (found: {found})",
+                f"the required transactions table is missing (found: {found})"
+                + spreadsheet_hint(raw.source),
                 "Add transactions.csv (or transactions_final.csv / .parquet / .csv.gz) "
                 "with columns transaction_id, customer_id, transaction_date, "
                 "transaction_amount, product_category.",

@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from clvtier.errors import ClvtierError, ModelError
-from clvtier.predict import load
+from clvtier.predict import Model, load
 from clvtier.serve import handlers
 from clvtier.serve.batching import MicroBatcher
 from clvtier.serve.logs import LOGGER, configure_logging
@@ -46,7 +46,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     log = logging.getLogger(LOGGER)
     try:
-        model = load(settings.model_dir)
+        model = app.state.preloaded or load(settings.model_dir)
         scorer = Scorer(model)
     except ClvtierError as exc:
         app.state.startup_error = exc
@@ -100,17 +100,19 @@ def tune_gc() -> None:
     gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
 
 
-def create_app(settings: Settings, freeze_gc: bool = False) -> FastAPI:
+def create_app(settings: Settings, freeze_gc: bool = False, model: Model | None = None) -> FastAPI:
     """The scoring service as a FastAPI application.
 
     Parameters
     ----------
     settings : Settings
         The model is loaded from ``settings.model_dir`` when the application starts
-        (``lifespan``), not here.
+        (``lifespan``), not here, unless ``model`` is given.
     freeze_gc : bool
         Call :func:`tune_gc` once the model is loaded: for a process that only serves
         (``clvtier serve``), not for one that embeds the application.
+    model : Model, optional
+        Already loaded (and so checked): served as it is.
 
     Examples
     --------
@@ -126,6 +128,7 @@ def create_app(settings: Settings, freeze_gc: bool = False) -> FastAPI:
     app.state.settings = settings
     app.state.startup_error = None
     app.state.freeze_gc = freeze_gc
+    app.state.preloaded = model
     app.include_router(router)
     app.include_router(v1)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
@@ -186,7 +189,8 @@ def run(model_dir: str | Path | None = None, host: str = "127.0.0.1", port: int 
     if workers > 1:
         _run_workers(settings, host, port, workers)
         return
-    app = create_app(settings, freeze_gc=True)
+    # Loaded before the server starts: a bad model stops it with its reason, not a traceback.
+    app = create_app(settings, freeze_gc=True, model=load(settings.model_dir))
     config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
                             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, server_header=False)
     server = uvicorn.Server(config)
