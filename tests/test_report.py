@@ -277,6 +277,154 @@ def test_reproducibility_lists_versions_seed_fingerprint_command(html: str, run_
         assert value in text
 
 
+def section_text(html: str, section: str) -> str:
+    return text_of(re.search(rf'<section id="{section}">(.*?)</section>', html, flags=re.S).group(1))
+
+
+def test_summary_says_how_the_undated_features_move_the_numbers(html: str, metrics: dict) -> None:
+    audit = metrics["leakage_audit"]
+    w, wo = audit["with_undated"], audit["without_undated"]
+    n = len(audit["undated_features"])
+    assert n
+    assert (f"The saved model uses {n} features not bounded by the cutoff, which may carry information from after "
+            f"it (see the leakage audit); refitted without them, the macro-F1 changes from {w['macro_f1']:.3f} to "
+            f"{wo['macro_f1']:.3f} and the revenue held by predicted High from {pct(w['revenue_capture_high'])} to "
+            f"{pct(wo['revenue_capture_high'])}.") in section_text(html, "summary")
+    assert (f"the saved model uses them. Refitted without them, the macro-F1 changes from {w['macro_f1']:.3f} to "
+            f"{wo['macro_f1']:.3f}, the revenue held by predicted High from {pct(w['revenue_capture_high'])} to "
+            f"{pct(wo['revenue_capture_high'])} and the recall of High from {pct(w['high_recall'])} to "
+            f"{pct(wo['high_recall'])}.") in section_text(html, "leakage")
+
+
+def test_a_model_without_undated_features_has_no_leakage_sentence_in_the_summary(copy_of: Path) -> None:
+    _edit_json(copy_of / "metrics.json", lambda m: m["leakage_audit"].update(undated_features=[]))
+    assert "not bounded by the cutoff" not in section_text(report.render_report(copy_of), "summary")
+
+
+def test_undefined_metrics_of_a_method_that_predicts_no_high_are_dashes(html: str, metrics: dict) -> None:
+    """Majority puts everyone in one tier: its precision of High and revenue held are undefined, not 0 %."""
+    majority = metrics["test"]["baseline_majority"]
+    assert not np.asarray(majority["confusion"])[:, TIERS.index("High")].any()
+    assert majority["high_precision"] == 0.0 and majority["revenue_capture_high"] == 0.0  # evaluate's zero_division
+    for key in ("high_precision", "revenue_capture_high"):
+        assert headline_cells(html, key)["Majority tier"] == "–", key
+        row = re.search(rf'<tr id="headline-{key}">(.*?)</tr>', html, flags=re.S).group(1)
+        assert 'title="undefined: no customer predicted High"' in row, key
+    assert headline_cells(html, "high_recall")["Majority tier"] == "0.0 %"  # defined: High customers, none found
+    assert ("Majority tier puts no test customer in High, so its precision of High and revenue held by predicted "
+            "High are undefined") in text_of(html)
+
+
+def test_a_chosen_model_that_predicts_no_high_shows_dashes_everywhere(copy_of: Path) -> None:
+    def no_high(m: dict) -> None:
+        t = m["test"][m["chosen"]]
+        cm = np.asarray(t["confusion"])
+        cm[:, 1] += cm[:, 2]
+        cm[:, 2] = 0
+        t.update(confusion=cm.tolist(), high_precision=0.0, revenue_capture_high=0.0)
+        t["per_class"]["High"]["precision"] = 0.0
+        m["headline"]["high_precision"].update(value=0.0, lo=0.0, hi=0.0)
+
+    _edit_json(copy_of / "metrics.json", no_high)
+    html = report.render_report(copy_of)
+    assert headline_cells(html, "high_precision")["Model"] == "–"
+    assert headline_cells(html, "high_precision")["95 % interval"] == ""
+    chosen = section_text(html, "chosen")
+    assert "it called no one High" in chosen and "High – " in chosen and "A dotted – is undefined" in chosen
+    comparison = re.search(r'<tr class="chosen">(.*?)</tr>', html, flags=re.S).group(1)
+    assert 'title="undefined: no customer predicted High"' in comparison
+    assert "A dotted – is undefined" in section_text(html, "business")
+
+
+def test_the_backtest_says_who_is_ahead_on_each_metric(copy_of: Path) -> None:
+    """Macro-F1 favours the model, revenue in predicted High favours carry-forward: the reading must say both."""
+
+    def row(cutoff: str, model: tuple[float, float], cf: tuple[float, float], bg: tuple[float, float]) -> dict:
+        return {"cutoff": cutoff, "train_cutoff": "2021-01-01", "n_customers": 1000,
+                **{k: {"macro_f1": f1, "revenue_capture_high": cap, "roc_auc_high": 0.8}
+                   for k, (f1, cap) in (("model", model), ("carry_forward", cf), ("bgnbd_gg", bg))}}
+
+    def edit(m: dict) -> None:
+        m["backtest"] = [row("2022-12-02", (0.738, 0.392), (0.417, 0.512), (0.663, 0.455)),
+                         row("2023-03-03", (0.726, 0.439), (0.414, 0.500), (0.666, 0.451))]
+        m["headline"]["revenue_capture_high"]["value"] = 0.540
+        m["headline_baselines"]["baseline_carry_forward"]["revenue_capture_high"]["value"] = 0.392
+        m["headline_baselines"]["baseline_bgnbd_gg"]["revenue_capture_high"]["value"] = 0.515
+
+    _edit_json(copy_of / "metrics.json", edit)
+    html = report.render_report(copy_of)
+    text = section_text(html, "stability")
+    assert ("the model's macro-F1 is 0.726 to 0.738 (carry-forward 0.414 to 0.417, BG/NBD + Gamma-Gamma 0.663 to "
+            "0.666) and the revenue held by its High tier is 39.2 % to 43.9 % (carry-forward 50.0 % to 51.2 %, "
+            "BG/NBD + Gamma-Gamma 45.1 % to 45.5 %).") in text
+    assert ("On macro-F1, the model beats carry-forward at 2 of 2 cutoffs and BG/NBD + Gamma-Gamma at 2 of 2 "
+            "cutoffs; on the share of revenue held by predicted High, carry-forward is ahead at 2 of 2 cutoffs and "
+            "BG/NBD + Gamma-Gamma at 2 of 2 cutoffs.") in text
+    assert ("the model leads on the share of revenue held by predicted High (54.0 % against 39.2 % for carry-forward "
+            "and 51.5 % for BG/NBD + Gamma-Gamma), so that lead is not stable across cutoffs.") in text
+    assert ("At most earlier cutoffs a baseline is ahead on the share of revenue held by predicted High: that lead "
+            "is not stable (see the backtests).") in section_text(html, "summary")
+    table = re.search(r'<section id="stability">.*?<table>(.*?)</table>', html, flags=re.S).group(1)
+    heads = [text_of(h).strip() for h in re.findall(r"<th[^>]*>(.*?)</th>", table, flags=re.S)]
+    assert heads[6:9] == ["Model", "Carry-forward", "BG/NBD + Gamma-Gamma"]
+    first = [text_of(c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", table, flags=re.S)][:9]
+    assert first == ["2022-12-02", "2021-01-01", "1,000", "0.738", "0.417", "0.663", "39.2 %", "51.2 %", "45.5 %"]
+
+
+def test_a_backtest_without_bgnbd_compares_with_carry_forward_only(copy_of: Path) -> None:
+    _edit_json(copy_of / "metrics.json", lambda m: [r.pop("bgnbd_gg", None) for r in m["backtest"]])
+    html = report.render_report(copy_of)
+    text = section_text(html, "stability")
+    assert "carry-forward" in text and "BG/NBD" not in text
+
+
+def test_reasons_show_the_change_with_the_sign_the_text_uses(copy_of: Path) -> None:
+    def edit(m: dict) -> None:
+        ex = m["examples"][0]
+        ex.update(predicted_tier="High", p=[0.02, 0.32, 0.66])
+        ex["reasons"] = [{"feature": "share_home_goods", "effect": 0.163, "value": 0.0},
+                         {"feature": "n_transactions", "effect": 0.05, "value": 17.0},
+                         {"feature": "share_electronics", "effect": -0.02, "value": 0.5069}]
+        m["examples"] = [ex]  # the one the reading quotes
+
+    _edit_json(copy_of / "metrics.json", edit)
+    html = report.render_report(copy_of)
+    assert "setting share_home_goods to its typical value would lower P(High) by 16.3 points" in text_of(html)
+    assert "Change in P(High) if set to typical" in html and "Effect on" not in html
+    shown = reason_values(html)
+    assert ("share_home_goods", "0") in shown and ("n_transactions", "17") in shown  # counts without decimals
+    assert ("share_electronics", "0.51") in shown
+    changes = [text_of(c).strip() for c in re.findall(r'<td class="num">([^<]*points)</td>', html)]
+    assert changes[:3] == ["-16.3 points", "-5.0 points", "+2.0 points"]
+
+
+def test_feature_groups_are_defined_where_reasons_are_shown(html: str) -> None:
+    text = section_text(html, "drivers")
+    assert "purchase_history_rfm" in text
+    assert ("purchase_history_rfm is a group of 4 features, shuffled and set to typical as one because they only "
+            "make sense together: btyd_frequency (repeat purchase days), btyd_recency (days from the first to the "
+            "last purchase), btyd_T (days from the first purchase to the cutoff) and btyd_monetary (mean spend per "
+            "repeat purchase day).") in text
+
+
+def test_header_names_the_currency_and_the_run_directory_plainly(html: str, run_dir: Path) -> None:
+    header = text_of(re.search(r'<header class="top">(.*?)</header>', html, flags=re.S).group(1))
+    assert "Amounts of money are in the data's own currency, which the data do not name." in header
+    assert "Run:" not in text_of(html)
+    assert f"Generated by clvtier from the run directory {run_dir.name} ." in text_of(html)
+
+
+def test_shares_of_no_spend_say_which_customers_they_are_of(html: str, run_dir: Path, metrics: dict) -> None:
+    values = pd.read_csv(run_dir / "values.csv")
+    train = values[values["split"] == "train"]
+    text = section_text(html, "target")
+    assert (f"Of all {len(values):,} customers (training and test), {pct((values['value'] <= 0).mean())} have no "
+            f"next-year revenue ({pct((train['value'] <= 0).mean())} of the training customers alone)") in text
+    assert (f"Threshold rule, fitted on the {metrics['thresholds']['n_samples_fit']:,} training customers; the shares "
+            "it quotes are of them:") in text
+    assert "training customers" in metrics["thresholds"]["rule"]
+
+
 def test_every_figure_is_inline_svg(html: str) -> None:
     names = re.findall(r'<figure id="fig-([a-z-]+)">\s*<svg class="plot"', html)
     assert names == ["value-distribution", "class-shares", "cv-scores", "confusion", "gains", "reliability",

@@ -3,7 +3,8 @@
 The page is rendered by an autoescaped Jinja2 template shipped with the package,
 so every value that comes from the data (customer ids, categories, column names,
 warning text) is escaped. The only markup inserted unescaped is the SVG that
-matplotlib writes for our own figures; matplotlib escapes the text it draws.
+matplotlib writes for our own figures (matplotlib escapes the text it draws) and
+the marked dash of an undefined value (built with ``Markup.format``, which escapes).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ HEADLINE = (
     ("spearman", "Spearman correlation", "score", "Rank correlation between the score and the actual value."),
 )
 KIND = {key: kind for key, _label, kind, _help in HEADLINE}
+LABEL = {key: label for key, label, _kind, _help in HEADLINE}
 
 BASELINES = {
     "baseline_carry_forward": "Carry-forward (tier of past spend)",
@@ -70,6 +72,19 @@ VERDICTS = {
     "gain": "lies below the model's interval: a clear gain on this metric",
     "tie": "lies inside the model's interval: no clear gain on this metric",
     "loss": "lies above the model's interval: the baseline does better on this metric",
+}
+#: Metrics undefined for a method that puts no customer in High (evaluate.py stores 0 for them).
+NEEDS_PREDICTED_HIGH = ("high_precision", "revenue_capture_high")
+NO_HIGH = "undefined: no customer predicted High"
+#: The footnote of a table that shows undefined values (:func:`_undefined`).
+UNDEFINED_NOTE = ("A dotted – is undefined, not zero: no test customer was predicted in that tier, so there "
+                  "is no precision to compute and no revenue held (hover over it for details).")
+#: The members of the purchase-history group (:func:`clvtier.predict.explanation_groups`) in words.
+GROUP_MEMBER_WORDS = {
+    "btyd_frequency": "repeat purchase days",
+    "btyd_recency": "days from the first to the last purchase",
+    "btyd_T": "days from the first purchase to the cutoff",
+    "btyd_monetary": "mean spend per repeat purchase day",
 }
 
 _REPORT_RC: dict[Any, Any] = {
@@ -133,13 +148,20 @@ def fmt_ci(key: str, entry: Mapping[str, Any] | None) -> str:
     return f"{fmt_metric(key, entry['lo'])} – {fmt_metric(key, entry['hi'])}"
 
 
+def _undefined(why: str) -> Any:
+    """A dash for an undefined value that says why on hover (and has a dotted underline)."""
+    from markupsafe import Markup
+
+    return Markup('<span class="undefined" title="{}">–</span>').format(why)
+
+
 def _pp(x: float) -> str:
     return f"{100 * x:.1f}{NBSP}percentage points"
 
 
-def _points(effect: float) -> str:
-    """A change in probability in percentage points, e.g. ``+11.8 points``; tiny ones as ``< 0.1``."""
-    pts = 100 * effect
+def _points(change: float) -> str:
+    """A change in probability in percentage points, e.g. ``-11.8 points``; tiny ones as ``< 0.1``."""
+    pts = 100 * change
     if abs(pts) < 0.05:
         return f"<{NBSP}0.1{NBSP}points"
     return f"{pts:+.1f}{NBSP}points"
@@ -277,6 +299,17 @@ def _unranked(run: _Run, names: Sequence[str]) -> set[str]:
     return out
 
 
+def _no_high(m: Mapping[str, Any], name: str) -> bool:
+    """Whether a method put no test customer in High (the High column of its stored confusion matrix is empty)."""
+    cm = ((m.get("test") or {}).get(name) or {}).get("confusion")
+    return bool(cm) and not np.asarray(cm, dtype=float)[:, TIERS.index("High")].any()
+
+
+def _cell(key: str, value: Any, no_high: bool) -> Any:
+    """A metric as a table cell: a marked dash where it is undefined because no one was predicted High."""
+    return _undefined(NO_HIGH) if no_high and key in NEEDS_PREDICTED_HIGH else fmt_metric(key, value)
+
+
 def _best_baseline(key: str, values: Mapping[str, Mapping[str, Any]]) -> tuple[str, float] | None:
     """The baseline with the highest value of a metric (all headline metrics are higher-is-better)."""
     known = [(b, float(v[key])) for b, v in values.items() if not _missing(v.get(key))]
@@ -332,18 +365,26 @@ def _summary(run: _Run, words: str) -> dict[str, Any]:
     base = m.get("headline_baselines") or {}
     names = _baseline_names(base)
     unranked = _unranked(run, names)
-    # A constant score ranks no one: its ranking metrics reflect the order of ties, so they are not shown.
+    no_high = {b for b in names if _no_high(m, b)}
+    model_no_high = _no_high(m, str(m.get("chosen")))
+    # A constant score ranks no one: its ranking metrics reflect the order of ties, so they are not shown;
+    # with no one predicted High, the precision of High and the revenue held by them are undefined.
     values = {b: {key: (base[b].get(key) or {}).get("value") for key, *_ in HEADLINE
-                  if not (key in RANKING_METRICS and b in unranked)} for b in names}
+                  if not (key in RANKING_METRICS and b in unranked)
+                  and not (key in NEEDS_PREDICTED_HIGH and b in no_high)} for b in names}
     rows = []
     for key, label, _kind, help_text in HEADLINE:
         if key not in head:
             continue
+        undefined = model_no_high and key in NEEDS_PREDICTED_HIGH
         rows.append({
             "key": key, "label": label, "help": help_text,
-            "value": fmt_metric(key, head[key].get("value")), "ci": fmt_ci(key, head[key]),
-            "baselines": [fmt_metric(key, values[b].get(key)) for b in names],
+            "value": _cell(key, head[key].get("value"), model_no_high),
+            "ci": "" if undefined else fmt_ci(key, head[key]),
+            "baselines": [_cell(key, values[b].get(key), b in no_high) for b in names],
         })
+    if model_no_high:
+        head = {k: v for k, v in head.items() if k not in NEEDS_PREDICTED_HIGH}
     sentences = []
     cap = head.get("revenue_capture_high")
     if cap:
@@ -361,6 +402,15 @@ def _summary(run: _Run, words: str) -> dict[str, Any]:
         sentences.append(s + ")" + _versus_best("macro_f1", f1, values) + ".")
     if tally := _tally(head, values):
         sentences.append(tally)
+    audit = m.get("leakage_audit") or {}
+    undated = audit.get("undated_features") or []
+    if undated and (changes := _audit_changes(audit, ("macro_f1", "revenue_capture_high"))):
+        sentences.append(f"The saved model uses {len(undated)} feature{'s' if len(undated) != 1 else ''} not "
+                         "bounded by the cutoff, which may carry information from after it (see the leakage "
+                         f"audit); refitted without them, {changes}.")
+    if unstable := [BACKTEST_WORDS[key] for key, _here, _behind in _unstable_leads(m)]:
+        sentences.append(f"At most earlier cutoffs a baseline is ahead on {_join(unstable)}: that lead is not "
+                         "stable (see the backtests).")
     if m.get("describes_past_only"):
         sentences.append("Snapshot mode: these numbers describe the past; they are not evidence that "
                          "the model can predict.")
@@ -380,8 +430,15 @@ def _summary(run: _Run, words: str) -> dict[str, Any]:
         unranked_note = (f"{_join(which)} {'gives' if one else 'give'} every customer the same score, so "
                          f"{'it ranks' if one else 'they rank'} no one: {'its' if one else 'their'} lift, Spearman "
                          "correlation and ROC AUC are shown as –.")
+    no_high_note = ""
+    if no_high or model_no_high:
+        which = ([_model_label(m)] if model_no_high else []) + [BASELINES.get(b, b) for b in names if b in no_high]
+        one = len(which) == 1
+        no_high_note = (f"{_join(which)} {'puts' if one else 'put'} no test customer in High, so "
+                        f"{'its' if one else 'their'} precision of High and revenue held by predicted High are "
+                        f"undefined: shown as a dotted –, not as 0{NBSP}%.")
     return {"rows": rows, "baselines": labels, "reading": " ".join(sentences), "facts": facts,
-            "unranked_note": unranked_note}
+            "unranked_note": unranked_note, "no_high_note": no_high_note}
 
 
 def _data(run: _Run) -> dict[str, Any]:
@@ -424,8 +481,13 @@ def _target(run: _Run, words: str, axis_label: str) -> dict[str, Any]:
     th = m.get("thresholds") or {}
     low, high = th.get("low_cut"), th.get("high_cut")
     shares = m.get("class_shares") or {}
-    out: dict[str, Any] = {"rule": str(th.get("rule", "")), "figures": []}
-    out["shares"] = [{"split": split, **{t: fmt_pct(s.get(t)) for t in TIERS}} for split, s in shares.items()]
+    n_fit = th.get("n_samples_fit")
+    fitted_on = f"the {fmt_int(n_fit)} training customers" if n_fit else "the training customers"
+    out: dict[str, Any] = {"rule": str(th.get("rule", "")), "figures": [],
+                           "rule_fit": f"fitted on {fitted_on}; the shares it quotes are of them"}
+    splits = {"train": "Training", "test": "Test"}
+    out["shares"] = [{"split": splits.get(split, split), **{t: fmt_pct(s.get(t)) for t in TIERS}}
+                     for split, s in shares.items()]
     sentences = []
     if low is not None and high is not None:
         low_words = ("with no spend (zero or refunds)" if th.get("zero_rule_applied") or 0 < low < 1e-6
@@ -442,9 +504,12 @@ def _target(run: _Run, words: str, axis_label: str) -> dict[str, Any]:
         total = values.sum()
         if total > 0:
             high_share = values[values >= high].sum() / total
-            sentences.append(f"{fmt_pct((values <= 0).mean())} of customers have no {words}; the High tier "
-                             f"({fmt_pct((values >= high).mean())} of customers) holds {fmt_pct(high_share)} "
-                             "of it.")
+            s = (f"Of all {fmt_int(values.size)} customers (training and test), {fmt_pct((values <= 0).mean())} "
+                 f"have no {words}")
+            if "split" in v.columns and (train := (v["split"] == "train").to_numpy()).any():
+                s += f" ({fmt_pct((values[train] <= 0).mean())} of the training customers alone)"
+            sentences.append(s + f"; the High tier ({fmt_pct((values >= high).mean())} of all customers) holds "
+                             f"{fmt_pct(high_share)} of it.")
     if shares:
         out["figures"].append({"name": "class-shares", "caption": "Share of customers in each tier, "
                                "training and test customers.",
@@ -468,8 +533,10 @@ def _comparison(run: _Run) -> dict[str, Any]:
                      "mean": fmt_score(r["mean"]), "std": fmt_score(r["std"]),
                      "folds": ", ".join(fmt_score(f) for f in r.get("folds") or []),
                      "test_f1": fmt_score(t.get("macro_f1")),
-                     "test_capture": fmt_pct(t.get("revenue_capture_high"))})
-    out: dict[str, Any] = {"rows": rows, "metric": label, "figures": []}
+                     "test_capture": _cell("revenue_capture_high", t.get("revenue_capture_high"),
+                                           _no_high(m, r["model"]))})
+    out: dict[str, Any] = {"rows": rows, "metric": label, "figures": [],
+                           "undefined_note": UNDEFINED_NOTE if any(_no_high(m, r["model"]) for r in cv) else ""}
     if not cv:
         out["reading"] = "No cross-validation results in this run."
         return out
@@ -499,10 +566,14 @@ def _chosen(run: _Run) -> dict[str, Any]:
     m = run.metrics
     t = (m.get("test") or {}).get(m.get("chosen")) or {}
     cm = t.get("confusion")
-    out: dict[str, Any] = {"figures": [], "per_class": []}
+    # A tier no one was predicted in has no precision (evaluate.py stores 0 for it).
+    unused = {tier for k, tier in enumerate(TIERS) if cm and np.asarray(cm, dtype=float)[:, k].sum() == 0}
+    out: dict[str, Any] = {"figures": [], "per_class": [], "undefined_note": UNDEFINED_NOTE if unused else ""}
     for tier in TIERS:
         pc = (t.get("per_class") or {}).get(tier) or {}
-        out["per_class"].append({"tier": tier, "precision": fmt_pct(pc.get("precision")),
+        precision = (_undefined(f"undefined: no customer predicted {tier}") if tier in unused
+                     else fmt_pct(pc.get("precision")))
+        out["per_class"].append({"tier": tier, "precision": precision,
                                  "recall": fmt_pct(pc.get("recall")), "f1": fmt_score(pc.get("f1")),
                                  "support": fmt_int(pc.get("support"))})
     if not cm:
@@ -514,8 +585,9 @@ def _chosen(run: _Run) -> dict[str, Any]:
     wrong = n - np.trace(a)
     pc_high = (t.get("per_class") or {}).get("High") or {}
     s = (f"Of the {fmt_int(a[2].sum())} test customers who turned out High, the model found "
-         f"{fmt_pct(pc_high.get('recall'))}; of the {fmt_int(a[:, 2].sum())} it called High, "
-         f"{fmt_pct(pc_high.get('precision'))} were.")
+         f"{fmt_pct(pc_high.get('recall'))}; "
+         + ("it called no one High." if "High" in unused else
+            f"of the {fmt_int(a[:, 2].sum())} it called High, {fmt_pct(pc_high.get('precision'))} were."))
     if wrong > 0:
         s += (f" {fmt_pct(1 - far / wrong)} of the mistakes are between neighbouring tiers; "
               f"{fmt_int(far)} customers were confused between Low and High.")
@@ -552,7 +624,7 @@ def _business(run: _Run, words: str) -> dict[str, Any]:
 
     m = run.metrics
     p = run.predictions
-    out: dict[str, Any] = {"figures": [], "rows": [], "tops": [fmt_pct(t, 0) for t in TOPS]}
+    out: dict[str, Any] = {"figures": [], "rows": [], "tops": [fmt_pct(t, 0) for t in TOPS], "undefined_note": ""}
     scores = _ranking_scores(run)
     if (p is None or "actual_value" not in p or _model_label(m) not in scores
             or not np.isfinite(p["actual_value"].to_numpy(dtype=float)).all()):
@@ -572,8 +644,12 @@ def _business(run: _Run, words: str) -> dict[str, Any]:
         out["rows"].append({
             "method": label, "captures": [fmt_pct(captures[label][t]) for t in TOPS],
             "lifts": [fmt_lift(lift_at(score, value, t) if value.sum() > 0 else None) for t in TOPS],
-            "tier_share": fmt_pct(flagged), "tier_capture": fmt_pct((test.get(name) or {}).get("revenue_capture_high")),
+            "tier_share": fmt_pct(flagged),
+            "tier_capture": _cell("revenue_capture_high", (test.get(name) or {}).get("revenue_capture_high"),
+                                  _no_high(m, str(name))),
         })
+    if any(_no_high(m, str(tier_cols[label][1])) for label in scores):
+        out["undefined_note"] = UNDEFINED_NOTE
     out["rows"].append({"method": "Random targeting", "captures": [fmt_pct(t) for t in TOPS],
                         "lifts": [fmt_lift(1.0) for _ in TOPS], "tier_share": "", "tier_capture": ""})
     if value.sum() <= 0:
@@ -646,10 +722,12 @@ def _calibration(run: _Run) -> dict[str, Any]:
 
 
 def _feature_value(value: Any) -> str:
-    """One feature's value in a worked example: money-like numbers, text as written."""
+    """One feature's value in a worked example: whole numbers (counts) without decimals, text as written."""
     if _missing(value):
         return "missing"
-    return fmt_money(value) if isinstance(value, int | float) else str(value)
+    if isinstance(value, int | float):
+        return f"{value:,.0f}" if float(value).is_integer() else fmt_money(value)
+    return str(value)
 
 
 def _member_value(feature: str, value: Any) -> str:
@@ -700,14 +778,24 @@ def _drivers(run: _Run) -> dict[str, Any]:
     effects: list[list[float]] = []
     groups = {name: cols for name, cols in explanation_groups(list(run.metadata.get("feature_names") or []))
               if len(cols) > 1}
+    shown = {str(r["feature"]) for r in imp} | {str(r.get("feature", "")) for ex in m.get("examples") or []
+                                                 if isinstance(ex, Mapping) for r in ex.get("reasons") or []}
+    notes = []
+    for name, cols in groups.items():
+        if name in shown:
+            members = [f"{c} ({GROUP_MEMBER_WORDS[c]})" if c in GROUP_MEMBER_WORDS else c for c in cols]
+            notes.append(f"{name} is a group of {len(cols)} features, shuffled and set to typical as one because "
+                         f"they only make sense together: {_join(members)}.")
+    out["groups_note"] = " ".join(notes)
     for ex in m.get("examples") or []:
         if not isinstance(ex, Mapping):
             continue
         effects.append([float(r.get("effect") or 0) for r in ex.get("reasons") or []])
         probs = list(ex.get("p") or [])
         pred = str(ex.get("predicted_tier", ""))
+        # An effect is how much the probability falls; shown as the change, so a fall is negative.
         reasons = [{"feature": str(r.get("feature", "")), "value": _reason_value(r, groups),
-                    "effect": _points(float(r.get("effect") or 0))} for r in ex.get("reasons") or []]
+                    "change": _points(-float(r.get("effect") or 0))} for r in ex.get("reasons") or []]
         out["examples"].append({
             "customer_id": str(ex.get("customer_id", "")), "predicted": pred,
             "actual": str(ex.get("actual_tier", "")), "value": fmt_money(ex.get("actual_value")),
@@ -726,15 +814,91 @@ def _drivers(run: _Run) -> dict[str, Any]:
              f"{ex['actual']}")
         if first and effects[k][0] >= 0.0005:
             s += (f"; setting {first['feature']} to its typical value would lower P({ex['predicted']}) by "
-                  f"{first['effect'].lstrip('+')}")
+                  f"{first['change'].lstrip('-')}")
         elif first:
             s += (f"; P({ex['predicted']}) is so close to 100{NBSP}% that no single feature moves it by even "
                   "0.1 points")
         out["examples_reading"] = (
-            "Each worked example shows the features that move one customer's prediction most: a reason's "
-            "effect is how much the probability of the predicted tier falls when that feature alone is set "
-            "to its typical training value." + s + ".")
+            "Each worked example shows the features that move one customer's prediction most: the change in "
+            "the probability of the predicted tier when that feature alone is set to its typical training "
+            "value (negative: the probability falls, so the feature supports the prediction)." + s + ".")
     return out
+
+
+def _span(key: str, values: Sequence[Any]) -> str:
+    """The range of a metric over cutoffs: '0.726 to 0.738', or one value when they all round alike."""
+    known = [float(v) for v in values if not _missing(v)]
+    if not known:
+        return "–"
+    lo, hi = fmt_metric(key, min(known)), fmt_metric(key, max(known))
+    return lo if lo == hi else f"{lo} to {hi}"
+
+
+def _record(done: Sequence[Mapping[str, Any]], key: str, method: str) -> tuple[int, int, int]:
+    """At how many backtest cutoffs the model is ahead of a baseline on a metric, behind it, and compared."""
+    pairs = [(float(r["model"][key]), float(r[method][key])) for r in done
+             if not _missing((r.get("model") or {}).get(key)) and not _missing((r.get(method) or {}).get(key))]
+    return sum(a > b for a, b in pairs), sum(b > a for a, b in pairs), len(pairs)
+
+
+#: The backtest metrics the readings compare, in words.
+BACKTEST_WORDS = {"macro_f1": "macro-F1", "revenue_capture_high": "the share of revenue held by predicted High"}
+
+
+def _backtest_methods(m: Mapping[str, Any]) -> tuple[list[Mapping[str, Any]], list[tuple[str, str]]]:
+    """The backtests that ran (by cutoff) and the baselines they scored, by their key in a row and in words."""
+    rows = [r for r in (m.get("backtest") or []) if isinstance(r, Mapping)]
+    done = sorted([r for r in rows if "model" in r], key=lambda r: str(r["cutoff"]))
+    # BG/NBD + Gamma-Gamma only when it could be fitted.
+    methods = [(k, BASELINE_WORDS[f"baseline_{k}"]) for k in ("carry_forward", "bgnbd_gg")
+               if any(k in r for r in done)]
+    return done, methods
+
+
+def _unstable_leads(m: Mapping[str, Any]) -> list[tuple[str, Any, list[str]]]:
+    """Leads of the model at the main cutoff that a baseline takes back at most backtest cutoffs.
+
+    One ``(metric, the model's value, ["0.392 for carry-forward", ...])`` per such metric.
+    """
+    done, methods = _backtest_methods(m)
+    head, base = m.get("headline") or {}, m.get("headline_baselines") or {}
+    out = []
+    for key in BACKTEST_WORDS:
+        here: Any = (head.get(key) or {}).get("value")
+        if _missing(here):
+            continue
+        behind = []
+        for k, name in methods:
+            wins, losses, _n = _record(done, key, k)
+            v: Any = ((base.get(f"baseline_{k}") or {}).get(key) or {}).get("value")
+            if losses > wins and not _missing(v) and float(v) < float(here):
+                behind.append(f"{fmt_metric(key, v)} for {name}")
+        if behind:
+            out.append((key, here, behind))
+    return out
+
+
+def _backtest_tally(done: Sequence[Mapping[str, Any]], key: str, methods: Sequence[tuple[str, str]]) -> str:
+    """Who is ahead on one metric at how many backtest cutoffs, said from the leader's side.
+
+    E.g. 'the model beats carry-forward at 2 of 2 cutoffs, and BG/NBD + Gamma-Gamma is ahead at 2 of 2 cutoffs'.
+    """
+
+    def at(name: str, k: int, n: int) -> str:
+        return f"{name} at {k} of {n} cutoff{'s' if n != 1 else ''}"
+
+    beaten: list[tuple[str, int, int]] = []
+    ahead: list[tuple[str, int, int]] = []
+    for method, name in methods:
+        wins, losses, n = _record(done, key, method)
+        if n:
+            (beaten if wins >= losses else ahead).append((name, max(wins, losses), n))
+    clauses = [f"the model beats {_join([at(*b) for b in beaten])}"] if beaten else []
+    if ahead:
+        (name, k, n), *rest = ahead
+        clauses.append(_join([f"{name} is ahead at {k} of {n} cutoff{'s' if n != 1 else ''}",
+                              *(at(*a) for a in rest)]))
+    return ", and ".join(clauses)
 
 
 def _stability(run: _Run) -> dict[str, Any]:
@@ -743,15 +907,18 @@ def _stability(run: _Run) -> dict[str, Any]:
 
     m = run.metrics
     rows = [r for r in (m.get("backtest") or []) if isinstance(r, Mapping)]
-    done = sorted([r for r in rows if "model" in r], key=lambda r: str(r["cutoff"]))
+    done, methods = _backtest_methods(m)
     skipped = [{"cutoff": str(r.get("cutoff", "")), "reason": str(r.get("skipped", ""))}
                for r in rows if "model" not in r]
-    out: dict[str, Any] = {"figures": [], "skipped": skipped, "rows": []}
+    keys = ("macro_f1", "revenue_capture_high", "roc_auc_high")
+    out: dict[str, Any] = {"figures": [], "skipped": skipped, "rows": [],
+                           "metrics": [LABEL[k] for k in keys],
+                           "methods": ["Model"] + [name[0].upper() + name[1:] for _k, name in methods]}
     for r in done:
         out["rows"].append({"cutoff": str(r["cutoff"]), "train_cutoff": str(r.get("train_cutoff", "")),
                             "n": fmt_int(r.get("n_customers")),
-                            "cells": [(fmt_metric(k, r["model"].get(k)), fmt_metric(k, r["carry_forward"].get(k)))
-                                      for k in ("macro_f1", "revenue_capture_high", "roc_auc_high")]})
+                            "cells": [[fmt_metric(k, (r.get(method) or {}).get(k))
+                                       for method in ("model", *(mk for mk, _name in methods))] for k in keys]})
     if m.get("mode") == "snapshot":
         out["reading"] = "Backtests need a cutoff and a future window; snapshot mode has neither."
         return out
@@ -759,12 +926,13 @@ def _stability(run: _Run) -> dict[str, Any]:
         out["reading"] = ("No backtest could be run: the data are too short for earlier cutoffs."
                           if skipped else "This run has no backtests.")
         return out
-    model, cf = _model_label(m), BASELINES["baseline_carry_forward"]
-    colours = {model: METHOD_COLORS["model"], cf: METHOD_COLORS["carry_forward"]}
+    model = _model_label(m)
+    labels = {"model": model, **{k: BASELINES[f"baseline_{k}"] for k, _name in methods}}
+    colours = {label: METHOD_COLORS[k] for k, label in labels.items()}
     cutoffs = [str(r["cutoff"]) for r in done]
 
     def series(key: str) -> dict[str, list[Any]]:
-        return {model: [r["model"].get(key) for r in done], cf: [r["carry_forward"].get(key) for r in done]}
+        return {label: [(r.get(k) or {}).get(key) for r in done] for k, label in labels.items()}
 
     svg = _panels("backtest", [
         lambda ax: plotting.plot_backtest(cutoffs, series("macro_f1"), metric_label="Macro-F1 (0–1)",
@@ -776,28 +944,33 @@ def _stability(run: _Run) -> dict[str, Any]:
     days = m.get("horizon_days")
     out["figures"].append({"name": "backtest", "caption": f"Out-of-time backtests: labels from the {days} days "
                            f"before each test cutoff for training, the {days} days after it for testing; model "
-                           "versus carry-forward.", "svg": svg})
-    f1 = [float(r["model"]["macro_f1"]) for r in done]
-    cf1 = [float(r["carry_forward"]["macro_f1"]) for r in done]
-    wins = sum(a > b for a, b in zip(f1, cf1, strict=True))
-    cap = [r["model"].get("revenue_capture_high") for r in done]
-    cf_cap = [r["carry_forward"].get("revenue_capture_high") for r in done]
-    if len(done) == 1:
-        out["reading"] = (f"Retrained as of an earlier cutoff ({cutoffs[0]}) and tested on the {days} days after "
-                          f"it, the model reaches macro-F1 {fmt_score(f1[0])} against {fmt_score(cf1[0])} for "
-                          f"carry-forward, {'better' if wins else 'no better'} than the rule; its High tier holds "
-                          f"{fmt_pct(cap[0])} of the revenue (carry-forward {fmt_pct(cf_cap[0])}).")
-    else:
-        out["reading"] = (f"Retrained at {len(done)} earlier cutoffs, the model's macro-F1 ranges from "
-                          f"{fmt_score(min(f1))} to {fmt_score(max(f1))} (carry-forward {fmt_score(min(cf1))} to "
-                          f"{fmt_score(max(cf1))}); it beats carry-forward at {wins} of {len(done)} cutoffs.")
-        known = [c for c in cap if c is not None]
-        known_cf = [c for c in cf_cap if c is not None]
-        if known and known_cf:
-            out["reading"] += (f" The revenue held by its High tier ranges from {fmt_pct(min(known))} to "
-                               f"{fmt_pct(max(known))} (carry-forward {fmt_pct(min(known_cf))} to "
-                               f"{fmt_pct(max(known_cf))}).")
+                           f"versus {_join([name for _k, name in methods])}.", "svg": svg})
+    intro = (f"Retrained at {len(done)} earlier cutoffs and tested on the {days} days after each" if len(done) > 1
+             else f"Retrained as of an earlier cutoff ({cutoffs[0]}) and tested on the {days} days after it")
+    words = BACKTEST_WORDS
+
+    def spans(key: str) -> str:
+        others = ", ".join(f"{name} {_span(key, [(r.get(k) or {}).get(key) for r in done])}" for k, name in methods)
+        return f"{_span(key, [r['model'].get(key) for r in done])} ({others})"
+
+    sentences = [f"{intro}, the model's macro-F1 is {spans('macro_f1')} and the revenue held by its High tier "
+                 f"is {spans('revenue_capture_high')}."]
+    tallies = [f"{words[k]}, {t}" for k in words if (t := _backtest_tally(done, k, methods))]
+    if tallies:
+        sentences.append("On " + "; on ".join(tallies) + ".")
+    sentences += [f"At the main cutoff ({m.get('cutoff')}) the model leads on {BACKTEST_WORDS[key]} "
+                  f"({fmt_metric(key, here)} against {_join(behind)}), so that lead is not stable across cutoffs."
+                  for key, here, behind in _unstable_leads(m)]
+    out["reading"] = " ".join(sentences)
     return out
+
+
+def _audit_changes(audit: Mapping[str, Any], keys: Sequence[str]) -> str:
+    """How metrics change without the undated features: 'the macro-F1 changes from 0.739 to 0.707 and ...'."""
+    w, wo = audit.get("with_undated") or {}, audit.get("without_undated") or {}
+    known = [k for k in keys if not _missing(w.get(k)) and not _missing(wo.get(k))]
+    return _join([f"the {METRIC_LABELS[k]}{' changes' if i == 0 else ''} from {fmt_metric(k, w[k])} to "
+                  f"{fmt_metric(k, wo[k])}" for i, k in enumerate(known)])
 
 
 def _leakage(run: _Run) -> dict[str, Any]:
@@ -815,15 +988,15 @@ def _leakage(run: _Run) -> dict[str, Any]:
     gain = audit.get("macro_f1_gain_from_undated")
     if rows and gain is not None:
         s = (f"{len(undated)} feature{'s are' if len(undated) != 1 else ' is'} not bounded by the cutoff "
-             f"({_join(undated)}). Refitting without them changes macro-F1 from {fmt_score(w.get('macro_f1'))} to "
-             f"{fmt_score(wo.get('macro_f1'))}")
+             f"({_join(undated)}); the saved model uses them. Refitted without them, "
+             + _audit_changes(audit, ("macro_f1", "revenue_capture_high", "high_recall")))
         if abs(gain) < 0.01:
-            s += ": they add almost nothing, so even if they leak, the results do not depend on them."
+            s += ". On macro-F1 they add almost nothing, so even if they leak, macro-F1 does not depend on them."
         elif gain > 0:
-            s += (f": they add {fmt_score(gain)}. They may carry information from after the cutoff; if they do, "
-                  "trust the numbers without them.")
+            s += (f". They add {fmt_score(gain)} to macro-F1, but they may carry information from after the cutoff; "
+                  "if they do, trust the numbers without them.")
         else:
-            s += ": the model is better without them."
+            s += ". On macro-F1 the model is better without them."
         if m.get("mode") == "snapshot":
             s = ("In snapshot mode the leak is by design, not in these features: the customer value is computed "
                  "from the same spend the features contain, so near-perfect scores are expected. " + s)
