@@ -378,6 +378,33 @@ def test_a_backtest_without_bgnbd_compares_with_carry_forward_only(copy_of: Path
     assert "carry-forward" in text and "BG/NBD" not in text
 
 
+def test_lift_in_the_backtests_compares_the_same_number_of_customers(copy_of: Path) -> None:
+    """Carry-forward holds more revenue only by putting more customers in High: lift says so."""
+
+    def edit(m: dict) -> None:
+        for k, r in enumerate(r for r in m["backtest"] if "model" in r):
+            lifts = (2.1 - k / 10, 1.6 - k / 10, 1.9 - k / 10)
+            r["model"]["revenue_capture_high"], r["carry_forward"]["revenue_capture_high"] = 0.40, 0.50
+            r["bgnbd_gg"]["revenue_capture_high"] = 0.45
+            for method, lift in zip(("model", "carry_forward", "bgnbd_gg"), lifts, strict=True):
+                r[method]["lift_top25"] = lift
+        m["headline"]["revenue_capture_high"]["value"] = 0.540
+        m["headline_baselines"]["baseline_carry_forward"]["revenue_capture_high"]["value"] = 0.392
+        m["headline_baselines"]["baseline_bgnbd_gg"]["revenue_capture_high"]["value"] = 0.515
+
+    _edit_json(copy_of / "metrics.json", edit)
+    n = sum("model" in r for r in json.loads((copy_of / "metrics.json").read_text())["backtest"])
+    assert n
+    html = report.render_report(copy_of)
+    assert ("on lift in the top 25 %, which compares the same number of customers, the model is ahead of every "
+            "baseline at every earlier cutoff.") in section_text(html, "summary")
+    cutoffs = f"{n} of {n} cutoff{'s' * (n > 1)}"
+    assert ("on lift in the top 25 % (the same number of customers for every method), the model beats "
+            f"carry-forward at {cutoffs} and BG/NBD + Gamma-Gamma at {cutoffs}") in section_text(html, "stability")
+    table = re.search(r'<section id="stability">.*?<table>(.*?)</table>', html, flags=re.S).group(1)
+    assert "Lift in the top 25 %" in text_of(table)
+
+
 def test_reasons_show_the_change_with_the_sign_the_text_uses(copy_of: Path) -> None:
     def edit(m: dict) -> None:
         ex = m["examples"][0]

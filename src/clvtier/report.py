@@ -408,9 +408,15 @@ def _summary(run: _Run, words: str) -> dict[str, Any]:
         sentences.append(f"The saved model uses {len(undated)} feature{'s' if len(undated) != 1 else ''} not "
                          "bounded by the cutoff, which may carry information from after it (see the leakage "
                          f"audit); refitted without them, {changes}.")
-    if unstable := [BACKTEST_WORDS[key] for key, _here, _behind in _unstable_leads(m)]:
-        sentences.append(f"At most earlier cutoffs a baseline is ahead on {_join(unstable)}: that lead is not "
-                         "stable (see the backtests).")
+    if unstable := [key for key, _here, _behind in _unstable_leads(m)]:
+        s = (f"At most earlier cutoffs a baseline is ahead on {_join([BACKTEST_WORDS[k] for k in unstable])}: "
+             "that lead is not stable (see the backtests)")
+        done, methods = _backtest_methods(m)
+        records = [_record(done, "lift_top25", k) for k, _name in methods]
+        if "lift_top25" not in unstable and records and all(n and wins == n for wins, _losses, n in records):
+            s += (f"; on lift in the top 25{NBSP}%, which compares the same number of customers, the model is "
+                  "ahead of every baseline at every earlier cutoff")
+        sentences.append(s + ".")
     if m.get("describes_past_only"):
         sentences.append("Snapshot mode: these numbers describe the past; they are not evidence that "
                          "the model can predict.")
@@ -842,7 +848,8 @@ def _record(done: Sequence[Mapping[str, Any]], key: str, method: str) -> tuple[i
 
 
 #: The backtest metrics the readings compare, in words.
-BACKTEST_WORDS = {"macro_f1": "macro-F1", "revenue_capture_high": "the share of revenue held by predicted High"}
+BACKTEST_WORDS = {"macro_f1": "macro-F1", "revenue_capture_high": "the share of revenue held by predicted High",
+                  "lift_top25": f"lift in the top 25{NBSP}% (the same number of customers for every method)"}
 
 
 def _backtest_methods(m: Mapping[str, Any]) -> tuple[list[Mapping[str, Any]], list[tuple[str, str]]]:
@@ -910,7 +917,9 @@ def _stability(run: _Run) -> dict[str, Any]:
     done, methods = _backtest_methods(m)
     skipped = [{"cutoff": str(r.get("cutoff", "")), "reason": str(r.get("skipped", ""))}
                for r in rows if "model" not in r]
-    keys = ("macro_f1", "revenue_capture_high", "roc_auc_high")
+    # Runs saved before the backtests recorded lift show the columns they have.
+    keys = tuple(k for k in ("macro_f1", "revenue_capture_high", "lift_top25", "roc_auc_high")
+                 if k != "lift_top25" or any("lift_top25" in (r.get("model") or {}) for r in done))
     out: dict[str, Any] = {"figures": [], "skipped": skipped, "rows": [],
                            "metrics": [LABEL[k] for k in keys],
                            "methods": ["Model"] + [name[0].upper() + name[1:] for _k, name in methods]}
