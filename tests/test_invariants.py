@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from clvtier.cli import app
-from clvtier.errors import EXIT_BAD_MODEL, EXIT_INTERRUPTED, EXIT_OK
+from clvtier.errors import EXIT_BAD_MODEL, EXIT_INTERRUPTED, EXIT_OK, InputError
 from clvtier.generate import generate
 from clvtier.persist import write_run
 from clvtier.predict import load as load_model
@@ -136,13 +136,20 @@ def test_formula_ids_are_neutralised_in_csv_scores_only(run_dir: Path, data_dir:
 
 
 @settings(max_examples=6, deadline=None, derandomize=True)
-@given(as_of=st.dates(min_value=dt.date(2020, 2, 1), max_value=dt.date(2024, 12, 31)))
+@given(as_of=st.dates(min_value=dt.date(2020, 2, 1), max_value=AS_OF + dt.timedelta(days=1)))
 def test_scores_cover_the_known_customers_at_any_as_of_date(
     run_dir: Path, data_dir: Path, dataset: Dataset, as_of: dt.date
 ) -> None:
     scores = predict(load_model(run_dir), dataset, as_of=as_of, with_reasons=False)
     assert len(scores) == scores["customer_id"].nunique()
     assert set(scores["customer_id"]) == known_at(data_dir, as_of)
+
+
+def test_no_scores_as_of_a_date_the_data_cannot_know(run_dir: Path, dataset: Dataset) -> None:
+    """After the data's as-of date (their export date), purchases may have happened that the data lack."""
+    later = AS_OF + dt.timedelta(days=2)
+    with pytest.raises(InputError, match=f"the cutoff {later} is after the data's as-of date {AS_OF}"):
+        predict(load_model(run_dir), dataset, as_of=later, with_reasons=False)
 
 
 # -- reproducible ----------------------------------------------------------------------------------
