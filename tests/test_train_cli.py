@@ -320,10 +320,14 @@ def test_a_run_directory_is_replaced_and_an_empty_one_filled(tmp_path: Path) -> 
     (["train", "{data}", "--out", "{out}", "--tiers", "quantiles:0.8,0.3"], "the two cut points must increase"),
     (["features", "{data}", "--cutoff", "2023-06-01", "--as-of", "2023-01-01", "--out", "{out}"],
      "the cutoff 2023-06-01 is after the data's as-of date 2023-01-01"),
+    (["features", "{data}", "--cutoff", "2023-06-01", "--as-of", "2023-01-01", "--engine", "spark", "--out", "{out}"],
+     "the cutoff 2023-06-01 is after the data's as-of date 2023-01-01"),
+    (["predict", "{data}", "--model", "{out}.missing", "--out", "{out}", "--as-of", "2999-01-01", "--engine", "spark"],
+     "--as-of 2999-01-01 is after today"),
     (["predict", "{data}", "--model", "{out}.missing", "--out", "{out}"], "out.csv.missing does not exist"),
     (["report", "{out}.missing"], "out.csv.missing does not exist"),
 ], ids=["memory-limit", "cutoff-before-the-data", "format", "tiers", "cutoff-after-the-as-of-date",
-        "no-such-model", "no-such-run"])
+        "spark-cutoff-after-the-as-of-date", "spark-scoring-date-in-the-future", "no-such-model", "no-such-run"])
 def test_bad_options_are_refused_before_any_output(data_dir: Path, tmp_path: Path, args: list[str],
                                                    message: str) -> None:
     out = tmp_path / "out.csv"

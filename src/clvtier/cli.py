@@ -309,9 +309,13 @@ def features(
     from clvtier.validate import load
 
     if engine == "spark":
+        from clvtier.features import check_known
+
+        when = _date(cutoff, "--cutoff") or dt.date.today()
+        check_known(when, _date(as_of, "--as-of") or dt.date.today())
         from clvtier.spark import spark_features
 
-        n = spark_features(str(data), _date(cutoff, "--cutoff") or dt.date.today(), out_file, master=master)
+        n = spark_features(str(data), when, out_file, master=master)
         out.print(f"Wrote features of {n:,} customers to {out_file} with Spark ({master}).")
         return
     _check_engine(engine)
@@ -574,27 +578,27 @@ def predict(
     from clvtier.predict import score_to_file
     from clvtier.validate import load
 
+    as_of_date = _date(as_of, "--as-of")
+    today = dt.date.today()
+    if as_of_date is not None and as_of_date > today + dt.timedelta(days=1):
+        raise InputError(f"--as-of {as_of_date} is after today ({today}): no event can be known then.",
+                         "Score as of today or an earlier date.")
     if engine == "spark":
         from clvtier.spark import spark_predict
 
-        n = spark_predict(str(data), model_dir, str(out_file), as_of=_date(as_of, "--as-of"), master=master)
+        n = spark_predict(str(data), model_dir, str(out_file), as_of=as_of_date, master=master)
         out.print(f"Scored {n:,} customers with Spark ({master}); wrote {out_file}.")
         return
     _check_engine(engine)
 
     _check_model_dir(model_dir)
     model = load_model(model_dir)
-    as_of_date = _date(as_of, "--as-of")
     with progress("Validating data"):
         # --as-of is the date to score at, not the export date: events after it are
         # simply not used, and validation does not warn about them.
         ds = load(data, con=_connect(memory_limit))
     _print_problems(ds.warnings)
     if as_of_date is not None:
-        today = ds.as_of or dt.date.today()
-        if as_of_date > today + dt.timedelta(days=1):
-            raise InputError(f"--as-of {as_of_date} is after today ({today}): no event can be known then.",
-                             "Score as of today or an earlier date.")
         _check_cutoff(ds, as_of_date, "the scoring date")
     if model.metadata.get("describes_past_only"):
         out.print("[bold yellow]This model was trained in snapshot mode: its tiers describe customers' past "

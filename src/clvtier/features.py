@@ -408,7 +408,12 @@ def _as_date(value: dt.date | str) -> dt.date:
 def _checked_cutoff(data: Any, cutoff: dt.date | str) -> dt.date:
     """The cutoff as a date; refused when it would read events dated after the data's as-of date."""
     cutoff = _as_date(cutoff)
-    as_of = getattr(data, "as_of", None)
+    check_known(cutoff, getattr(data, "as_of", None))
+    return cutoff
+
+
+def check_known(cutoff: dt.date, as_of: dt.date | None) -> None:
+    """Refuse a cutoff after the day after ``as_of``: the data cannot show the events before it."""
     if as_of is not None and cutoff > as_of + dt.timedelta(days=1):
         raise InputError(
             f"the cutoff {cutoff} is after the data's as-of date {as_of}: the features would read "
@@ -416,7 +421,6 @@ def _checked_cutoff(data: Any, cutoff: dt.date | str) -> dt.date:
             f"Choose a date on or before {as_of + dt.timedelta(days=1)}. The data's as-of date is the "
             "date they were exported: --as-of of validate, features and train, today by default.",
         )
-    return cutoff
 
 
 #: Transactions per pass of the feature query: beyond it, the customers are split into
