@@ -300,42 +300,46 @@ def train(data: Any, config: TrainConfig | None = None, progress: Progress | Non
     chosen = str(cv.sort_values(["mean", "std"], ascending=[False, True], kind="stable").iloc[0]["model"])
     timings["cross_validation"] = time.perf_counter() - t1
 
-    say("Evaluating on held-out customers")
-    t2 = time.perf_counter()
-    test_metrics: dict[str, Any] = {}
-    probas: dict[str, np.ndarray] = {}
-    for name, model in fitted.items():
-        proba = _ordered_proba(model, X.iloc[te])
-        probas[name] = proba
-        test_metrics[name] = classification_metrics(y[te], tiers_from_proba(proba), proba, y_value[te])
-    baselines, baseline_scores = _baselines(fs, X, fitted[chosen], tr, te, y, y_value, cfg)
-    test_metrics.update(baselines)
-    chosen_proba = probas[chosen]
-    chosen_pred = tiers_from_proba(chosen_proba)
-    headline = headline_with_ci(y[te], chosen_pred, chosen_proba, y_value[te], n_boot=cfg.n_boot, seed=cfg.seed)
-    headline_baselines = {
-        name: headline_with_ci(y[te], pred, None if score is None else _score_as_proba(score),
-                               y_value[te], n_boot=cfg.n_boot, seed=cfg.seed)
-        for name, (pred, score) in baseline_scores.items()
-    }
-    timings["evaluation"] = time.perf_counter() - t2
+    # Evaluation, explanation, the audit and the backtests fit and predict too: on as few
+    # threads as the fits (see ONE_THREAD_ROWS).
+    with _few_threads(len(tr)):
+        say("Evaluating on held-out customers")
+        t2 = time.perf_counter()
+        test_metrics: dict[str, Any] = {}
+        probas: dict[str, np.ndarray] = {}
+        for name, model in fitted.items():
+            proba = _ordered_proba(model, X.iloc[te])
+            probas[name] = proba
+            test_metrics[name] = classification_metrics(y[te], tiers_from_proba(proba), proba, y_value[te])
+        baselines, baseline_scores = _baselines(fs, X, fitted[chosen], tr, te, y, y_value, cfg)
+        test_metrics.update(baselines)
+        chosen_proba = probas[chosen]
+        chosen_pred = tiers_from_proba(chosen_proba)
+        headline = headline_with_ci(y[te], chosen_pred, chosen_proba, y_value[te], n_boot=cfg.n_boot, seed=cfg.seed)
+        headline_baselines = {
+            name: headline_with_ci(y[te], pred, None if score is None else _score_as_proba(score),
+                                   y_value[te], n_boot=cfg.n_boot, seed=cfg.seed)
+            for name, (pred, score) in baseline_scores.items()
+        }
+        timings["evaluation"] = time.perf_counter() - t2
 
-    say("Explaining the chosen model")
-    t_explain = time.perf_counter()
-    importance = _permutation_importance(fitted[chosen], X.iloc[te], y[te], cfg, _reference(X.iloc[tr]))
-    examples = _examples(fitted[chosen], X.iloc[te], chosen_proba, ids[te], y[te], y_value[te], _reference(X.iloc[tr]))
-    timings["explanation"] = time.perf_counter() - t_explain
+        say("Explaining the chosen model")
+        t_explain = time.perf_counter()
+        reference = _reference(X.iloc[tr])
+        importance = _permutation_importance(fitted[chosen], X.iloc[te], y[te], cfg, reference)
+        examples = _examples(fitted[chosen], X.iloc[te], chosen_proba, ids[te], y[te], y_value[te], reference)
+        timings["explanation"] = time.perf_counter() - t_explain
 
-    say("Leakage audit")
-    t_audit = time.perf_counter()
-    audit = _leakage_audit(fs, pipes[chosen], X, y, y_value, tr, te, cfg, test_metrics[chosen])
-    timings["leakage_audit"] = time.perf_counter() - t_audit
+        say("Leakage audit")
+        t_audit = time.perf_counter()
+        audit = _leakage_audit(fs, pipes[chosen], X, y, y_value, tr, te, cfg, test_metrics[chosen])
+        timings["leakage_audit"] = time.perf_counter() - t_audit
 
-    say("Backtesting at earlier cutoffs")
-    t3 = time.perf_counter()
-    backtest = (_backtest(data, cfg, cutoff, fs.spec, chosen, feature_names, sample=sample)
-                if cfg.mode == "predictive" else [])
-    timings["backtest"] = time.perf_counter() - t3
+        say("Backtesting at earlier cutoffs")
+        t3 = time.perf_counter()
+        backtest = (_backtest(data, cfg, cutoff, fs.spec, chosen, feature_names, sample=sample)
+                    if cfg.mode == "predictive" else [])
+        timings["backtest"] = time.perf_counter() - t3
 
     pipeline = fitted[chosen]
     predictions = pd.DataFrame({
@@ -484,6 +488,13 @@ PARALLEL_FIT_ROWS = 20_000
 ONE_THREAD_ROWS = 5_000
 
 
+def _few_threads(n_rows: int) -> contextlib.AbstractContextManager[Any]:
+    """One thread (OpenMP and BLAS) for fits and predictions on fewer than :data:`ONE_THREAD_ROWS` customers."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(1) if n_rows < ONE_THREAD_ROWS else contextlib.nullcontext()
+
+
 def _jobs(n_rows: int, n_fits: int) -> int:
     """Processes for ``n_fits`` independent fits on ``n_rows`` customers (see :data:`PARALLEL_FIT_ROWS`)."""
     if n_rows < PARALLEL_FIT_ROWS:
@@ -501,9 +512,7 @@ def _fit_all(fits: list[tuple[Any, tuple[np.ndarray, np.ndarray] | None]], X: pd
     other, as ``cross_validate`` does; a fit without one is fitted on all rows (score NaN).
     """
     if n_jobs <= 1:
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(1) if len(X) < ONE_THREAD_ROWS else contextlib.nullcontext():
+        with _few_threads(len(X)):
             return [_fit_one(pipe, X, y, fold, scorer) for pipe, fold in fits]
     from joblib import Parallel, delayed
 
