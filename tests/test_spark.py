@@ -86,11 +86,7 @@ def test_features_equal_duckdb(session, data_dir: Path, tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def run_dir(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small model bundle: logistic regression on the next 180 days' spend tiers.
-
-    Logistic regression because bundles of hist_gb and random_forest are refused by
-    ``persist.load_model`` for now (their tree types are not on its trusted list).
-    """
+    """A small model bundle: logistic regression (quick to fit) on the next 180 days' spend tiers."""
     data = load(data_dir)
     fs = build_features(data, CUTOFF)
     later = build_features(data, CUTOFF + dt.timedelta(days=180), fs.spec).frame.set_index("customer_id")
@@ -126,3 +122,65 @@ def test_scores_equal_local(session, data_dir: Path, run_dir: Path, tmp_path: Pa
     for col in ("p_low", "p_medium", "p_high"):
         assert b[col].dtype == np.float64
         np.testing.assert_allclose(b[col], a[col], rtol=0, atol=1e-12, err_msg=col)
+
+
+def test_cli_scores_with_reasons_as_on_one_machine(session, data_dir: Path,  # type: ignore[no-untyped-def]
+                                                   tmp_path: Path) -> None:
+    from clvtier.persist import write_run
+    from clvtier.train import TrainConfig, train
+
+    # A run of 'clvtier train' (reasons need the typical training values it saves).
+    result = train(load(data_dir), TrainConfig(candidates=("logreg",), cv_folds=3, n_boot=20, backtests=0,
+                                               horizon_days=180))
+    run_dir = tmp_path / "run"
+    write_run(result, run_dir, command="clvtier train")
+    local = predict(load_model(run_dir), load(data_dir), with_reasons=True)
+    out = tmp_path / "scores.parquet"
+    res = CliRunner().invoke(app, ["predict", str(data_dir), "--model", str(run_dir), "--out", str(out),
+                                   "--engine", "spark", "--master", "local[2]"])
+    assert res.exit_code == 0, res.output
+    got = pd.read_parquet(out)
+    assert got.columns.tolist() == local.columns.tolist() and "reason_1" in got.columns
+    a = local.sort_values("customer_id").reset_index(drop=True)
+    b = got.sort_values("customer_id").reset_index(drop=True)
+    for col in a.columns:
+        if pd.api.types.is_float_dtype(a[col]):
+            np.testing.assert_allclose(b[col], a[col], rtol=0, atol=1e-12, err_msg=col)
+        else:
+            assert b[col].tolist() == a[col].tolist(), col
+    res = CliRunner().invoke(app, ["predict", str(data_dir), "--model", str(run_dir), "--out", str(out),
+                                   "--engine", "spark", "--master", "local[2]", "--no-reasons"])
+    assert res.exit_code == 0, res.output
+    assert pd.read_parquet(out).columns.tolist() == ["customer_id", "tier", "p_low", "p_medium", "p_high"]
+
+
+def test_spark_output_never_replaces_data_or_other_files(session, data_dir: Path,  # type: ignore[no-untyped-def]
+                                                         tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data)
+    before = {p.name: p.read_bytes() for p in data.iterdir()}
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("not Spark's")
+    for out, needle in ((data, "table's input"), (data / "transactions_final.csv", "table's input"),
+                        (other, "exists and is not an earlier Spark output")):
+        res = CliRunner().invoke(app, ["features", str(data), "--cutoff", CUTOFF.isoformat(), "--out", str(out),
+                                       "--engine", "spark", "--master", "local[2]"])
+        assert res.exit_code == 2, res.output
+        assert needle in res.output and "Fix:" in res.output
+    assert {p.name: p.read_bytes() for p in data.iterdir()} == before
+    assert (other / "keep.txt").read_text() == "not Spark's"
+    earlier = tmp_path / "features.parquet"
+    for _ in range(2):  # an earlier Spark output is replaced
+        res = CliRunner().invoke(app, ["features", str(data), "--cutoff", CUTOFF.isoformat(), "--out", str(earlier),
+                                       "--engine", "spark", "--master", "local[2]"])
+        assert res.exit_code == 0, res.output
+
+
+def test_spark_refuses_a_date_before_the_data(session, data_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "features.parquet"
+    res = CliRunner().invoke(app, ["features", str(data_dir), "--cutoff", "2019-06-01", "--out", str(out),
+                                   "--engine", "spark", "--master", "local[2]"])
+    assert res.exit_code == 2, res.output
+    assert "no customer is known before the cutoff 2019-06-01" in res.output
+    assert not out.exists()

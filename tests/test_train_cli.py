@@ -314,6 +314,12 @@ def test_a_run_directory_is_replaced_and_an_empty_one_filled(tmp_path: Path) -> 
 @pytest.mark.parametrize("args, message", [
     (["features", "{data}", "--cutoff", "2023-06-01", "--out", "{out}", "--memory-limit", "lots"],
      "--memory-limit 'lots' is not a size"),
+    (["features", "{data}", "--cutoff", "2023-06-01", "--out", "{out}", "--memory-limit", "-5GB"],
+     "--memory-limit '-5GB' is not a size"),
+    (["features", "{data}", "--cutoff", "2023-06-01", "--out", "{out}", "--memory-limit", "0MB"],
+     "--memory-limit '0MB' is not a size"),
+    (["features", "{data}", "--cutoff", "2023-06-01", "--out", "{out}", "--engine", "spark", "--memory-limit", "4GB"],
+     "--memory-limit applies to the DuckDB engine only"),
     (["features", "{data}", "--cutoff", "1990-01-01", "--out", "{out}"],
      "no customer is known before the cutoff 1990-01-01"),
     (["generate", "--customers", "10", "--out", "{out}", "--format", "xlsx"], "--format 'xlsx' is not known"),
@@ -326,7 +332,8 @@ def test_a_run_directory_is_replaced_and_an_empty_one_filled(tmp_path: Path) -> 
      "--as-of 2999-01-01 is after today"),
     (["predict", "{data}", "--model", "{out}.missing", "--out", "{out}"], "out.csv.missing does not exist"),
     (["report", "{out}.missing"], "out.csv.missing does not exist"),
-], ids=["memory-limit", "cutoff-before-the-data", "format", "tiers", "cutoff-after-the-as-of-date",
+], ids=["memory-limit", "memory-limit-negative", "memory-limit-zero", "memory-limit-with-spark",
+        "cutoff-before-the-data", "format", "tiers", "cutoff-after-the-as-of-date",
         "spark-cutoff-after-the-as-of-date", "spark-scoring-date-in-the-future", "no-such-model", "no-such-run"])
 def test_bad_options_are_refused_before_any_output(data_dir: Path, tmp_path: Path, args: list[str],
                                                    message: str) -> None:

@@ -13,6 +13,7 @@ import errno
 import functools
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -53,9 +54,12 @@ EngineOpt = Annotated[str, typer.Option(help="duckdb (default, one machine) or s
 MasterOpt = Annotated[str, typer.Option(help="Spark master URL, e.g. local[*], spark://host:7077, yarn.")]
 
 
-MemoryOpt = Annotated[str, typer.Option(
-    "--memory-limit", help="DuckDB memory limit (e.g. 2GB, 500MB); beyond it DuckDB spills to a "
-                           "temporary directory under TMPDIR.")]
+MemoryOpt = Annotated[str | None, typer.Option(
+    "--memory-limit", metavar="SIZE", help="DuckDB memory limit (e.g. 2GB, 500MB; default 2GB); beyond it DuckDB "
+                                           "spills to a temporary directory under TMPDIR.")]
+#: The DuckDB memory limit when --memory-limit is not given.
+MEMORY_LIMIT = "2GB"
+_SIZE = re.compile(r"^\s*(\d+(\.\d+)?|\.\d+)\s*(B|KB|MB|GB|TB|KIB|MIB|GIB|TIB)\s*$", re.IGNORECASE)
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Print timings and peak memory.")]
 
 
@@ -66,6 +70,10 @@ def _connect(memory_limit: str | None) -> Any:
 
     if not memory_limit:
         return None
+    size = _SIZE.match(memory_limit)
+    if size is None or float(size.group(1)) <= 0:
+        raise InputError(f"--memory-limit '{memory_limit}' is not a size.",
+                         "Give a positive size with its unit, such as 2GB or 500MB.")
     try:
         return connect(memory_limit=memory_limit)
     except duckdb.ParserException as exc:
@@ -268,6 +276,14 @@ def validate(
     out.print(f"[green]OK[/green]: {len(ds.warnings)} warning(s), no errors.")
 
 
+def _no_memory_limit(memory_limit: str | None) -> None:
+    """--memory-limit is DuckDB's: refused with Spark, whose memory its own configuration sets."""
+    if memory_limit is not None:
+        raise InputError("--memory-limit applies to the DuckDB engine only.",
+                         "With Spark, set spark.driver.memory and spark.executor.memory in the Spark "
+                         "configuration (spark-submit --conf, or spark-defaults.conf).")
+
+
 def _check_model_dir(path: Path) -> None:
     """A mistyped model path is bad input (exit 2), not an unusable model (exit 3)."""
     if not path.exists():
@@ -302,13 +318,14 @@ def features(
     as_of: AsOfOpt = None,
     engine: EngineOpt = "duckdb",
     master: MasterOpt = "local[*]",
-    memory_limit: MemoryOpt = "2GB",
+    memory_limit: MemoryOpt = None,
 ) -> None:
     """Write one row of features per customer known at the cutoff."""
     from clvtier.features import write_features
     from clvtier.validate import load
 
     if engine == "spark":
+        _no_memory_limit(memory_limit)
         from clvtier.features import check_known
 
         when = _date(cutoff, "--cutoff") or dt.date.today()
@@ -322,7 +339,7 @@ def features(
     out_path = Path(out_file)
 
     with progress("Validating"):
-        ds = load(data, con=_connect(memory_limit), as_of=_date(as_of, "--as-of"))
+        ds = load(data, con=_connect(memory_limit or MEMORY_LIMIT), as_of=_date(as_of, "--as-of"))
     _print_problems(ds.warnings)
     when = _date(cutoff, "--cutoff") or dt.date.today()
     _check_cutoff(ds, when)
@@ -539,13 +556,14 @@ def train(
     max_train_customers: Annotated[int, typer.Option(
         "--max-train-customers", help="Train on a stratified sample of this many customers when more are "
                                       "known at the cutoff (0: never sample).")] = 200_000,
-    memory_limit: MemoryOpt = "2GB",
+    memory_limit: MemoryOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Train and evaluate CLV-tier models; write the model, metrics and report to RUN_DIR."""
     cfg = _train_config(mode, target, cutoff, horizon_days, metric, cv, seed, candidates, tiers,
                         backtests, drop_undated, n_boot, max_train_customers)
-    result = run_training(data, run_dir, cfg, as_of=_date(as_of, "--as-of"), memory_limit=memory_limit)
+    result = run_training(data, run_dir, cfg, as_of=_date(as_of, "--as-of"),
+                          memory_limit=memory_limit or MEMORY_LIMIT)
     print_result(result, run_dir)
     if verbose:
         steps = ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items())
@@ -564,7 +582,7 @@ def predict(
     no_reasons: Annotated[bool, typer.Option("--no-reasons", help="Skip the per-customer reasons (faster).")] = False,
     engine: EngineOpt = "duckdb",
     master: MasterOpt = "local[*]",
-    memory_limit: MemoryOpt = "2GB",
+    memory_limit: MemoryOpt = None,
     chunk_size: Annotated[int, typer.Option("--chunk-size", help="Customers scored at a time "
                                                                  "(memory grows with it).")] = 250_000,
     verbose: VerboseOpt = False,
@@ -584,9 +602,11 @@ def predict(
         raise InputError(f"--as-of {as_of_date} is after today ({today}): no event can be known then.",
                          "Score as of today or an earlier date.")
     if engine == "spark":
+        _no_memory_limit(memory_limit)
         from clvtier.spark import spark_predict
 
-        n = spark_predict(str(data), model_dir, str(out_file), as_of=as_of_date, master=master)
+        n = spark_predict(str(data), model_dir, str(out_file), as_of=as_of_date, master=master,
+                          with_reasons=not no_reasons)
         out.print(f"Scored {n:,} customers with Spark ({master}); wrote {out_file}.")
         return
     _check_engine(engine)
@@ -596,7 +616,7 @@ def predict(
     with progress("Validating data"):
         # --as-of is the date to score at, not the export date: events after it are
         # simply not used, and validation does not warn about them.
-        ds = load(data, con=_connect(memory_limit))
+        ds = load(data, con=_connect(memory_limit or MEMORY_LIMIT))
     _print_problems(ds.warnings)
     if as_of_date is not None:
         _check_cutoff(ds, as_of_date, "the scoring date")

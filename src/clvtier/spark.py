@@ -421,7 +421,8 @@ def spark_features(source: str, cutoff: dt.date, out: str, master: str = "local[
         Events on or after the cutoff are ignored.
     out : str
         Output path or URI: CSV files (with a header) when it ends in ``.csv``, Parquet
-        otherwise; a directory of part files either way, replaced if it exists. For a
+        otherwise; a directory of part files either way. An earlier Spark output there is
+        replaced; a local path that holds input data or other files is refused. For a
         local path, ``OUT.meta.json`` records the cutoff, spec and columns.
     master : str
         Spark master URL, used when no ``session`` is given.
@@ -444,6 +445,8 @@ def spark_features(source: str, cutoff: dt.date, out: str, master: str = "local[
     """
     session = session or spark_session(master)
     data = read_tables(session, source, check=check)
+    _check_output(out, data)
+    _check_known(data, cutoff, "the cutoff")
     spec = learn_spec(data.tables, data.con)
     frame = feature_frame(data, cutoff, spec)
     n = _write(session, frame, out)
@@ -517,7 +520,7 @@ def _empty_like(frame: DataFrame) -> pd.DataFrame:
 def spark_predict(source: str, model_dir: str | Path, out: str, as_of: dt.date | None = None,
                   master: str = "local[*]", *, session: SparkSession | None = None,
                   with_reasons: bool = False, check: bool = True) -> int:
-    """Score every customer known at ``as_of`` with Spark and write partitioned Parquet.
+    """Score every customer known at ``as_of`` with Spark and write a directory of Parquet part files.
 
     Parameters
     ----------
@@ -526,7 +529,8 @@ def spark_predict(source: str, model_dir: str | Path, out: str, as_of: dt.date |
     model_dir : str or Path
         Run directory written by ``clvtier train``, on the driver.
     out : str
-        Output path or URI: a directory of Parquet part files, replaced if it exists.
+        Output path or URI: a directory of Parquet part files. An earlier Spark output there
+        is replaced; a local path that holds input data or other files is refused.
     as_of : date, optional
         The day after the last transaction when omitted (as for the DuckDB engine).
     master : str
@@ -549,12 +553,46 @@ def spark_predict(source: str, model_dir: str | Path, out: str, as_of: dt.date |
     model = load(model_dir)
     session = session or spark_session(master)
     data = read_tables(session, source, check=check)
+    _check_output(out, data)
     as_of = as_of or data.last_date() + dt.timedelta(days=1)
+    _check_known(data, as_of, "the scoring date")
     scores = score(feature_frame(data, as_of, model.spec), model, with_reasons=with_reasons)
     return _write(session, scores, out)
 
 
 # -- output ------------------------------------------------------------------------------------
+def _check_known(data: SparkData, cutoff: dt.date, what: str) -> None:
+    """Refuse a date no customer is known before (as the DuckDB engine does), when the checks ran."""
+    starts = [t["first_date"] for name, t in data.summary.items()
+              if name in ("transactions", "customers") and t.get("first_date")]
+    if starts and cutoff <= min(starts):
+        raise InputError(f"no customer is known before {what} {cutoff}: the data start on {min(starts)}.",
+                         f"Choose a date after {min(starts)} (the features use events strictly before it).")
+
+
+#: What an earlier Spark output directory holds: part files, _SUCCESS and their .crc files.
+_SPARK_OUTPUT = re.compile(r"^(part-.*|_.*|\..*\.crc)$")
+
+
+def _check_output(out: str, data: SparkData) -> None:
+    """Refuse a local output that would replace input data or anything but an earlier Spark output.
+
+    Spark replaces the whole output path; a remote one (``s3://``, ...) is not checked.
+    """
+    if "://" in out and not out.startswith("file://"):
+        return
+    target = Path(out.removeprefix("file://")).resolve()
+    for name, src in data.sources.items():
+        if isinstance(src.path, Path):
+            read = src.path.resolve()
+            if target == read or target in read.parents:
+                raise InputError(f"{out} holds the {name} table's input ({src.path}); Spark would delete it "
+                                 "when it replaces the output.", "Choose an output path outside the data.")
+    if target.is_file() or (target.is_dir() and any(not _SPARK_OUTPUT.match(p.name) for p in target.iterdir())):
+        raise InputError(f"{out} exists and is not an earlier Spark output; Spark would replace it.",
+                         "Choose a new output path, or remove that one first.")
+
+
 def _write(session: SparkSession, frame: DataFrame, out: str) -> int:
     csv = out.lower().endswith(".csv")
     with _spark_errors():
