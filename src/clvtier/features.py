@@ -394,7 +394,8 @@ def _marketing_features(mk: ir.Table, spec: FeatureSpec, cutoff: ir.Scalar) -> i
     )
 
 
-def _as_date(value: dt.date | str) -> dt.date:
+def as_date(value: dt.date | str) -> dt.date:
+    """A date from a ``datetime.date`` (a datetime's date) or 'YYYY-MM-DD' text; InputError otherwise."""
     if isinstance(value, dt.datetime):
         return value.date()
     if isinstance(value, dt.date):
@@ -405,9 +406,17 @@ def _as_date(value: dt.date | str) -> dt.date:
         raise InputError(f"'{value}' is not a date.", "Write dates as YYYY-MM-DD.") from None
 
 
+def require_dataset(data: Any) -> None:
+    """Refuse anything but validated data (a path, say, passed where the loaded data belong)."""
+    if not (hasattr(data, "tables") and hasattr(data, "con")):
+        raise InputError(f"expected validated data, got {type(data).__name__}.",
+                         "Load the data first: data = clvtier.load('data/').")
+
+
 def _checked_cutoff(data: Any, cutoff: dt.date | str) -> dt.date:
     """The cutoff as a date; refused when it would read events dated after the data's as-of date."""
-    cutoff = _as_date(cutoff)
+    require_dataset(data)
+    cutoff = as_date(cutoff)
     check_known(cutoff, getattr(data, "as_of", None))
     return cutoff
 

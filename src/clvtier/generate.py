@@ -535,6 +535,8 @@ def generate(
         )
 
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} is a file, not a directory.", "Pass a directory to write the tables to (out=...).")
     out.mkdir(parents=True, exist_ok=True)
     files = {t: out / f"{_FILE_STEMS[t]}.{fmt}" for t in _TABLES}
     # Written to a temporary directory inside ``out`` and moved into place at the end, so
@@ -624,6 +626,9 @@ def read_ground_truth(path: str | Path) -> pd.DataFrame:
         frame = pd.DataFrame({name: table.column(name).to_numpy() for name in table.column_names})
     else:
         frame = pd.read_csv(path, dtype={name: str for name in ("customer_id", *_GT_DATES)})
+    if missing := [c for c in ("customer_id", *_GT_DATES) if c not in frame.columns]:
+        raise InputError(f"{path} is not a ground-truth file: it lacks the columns {missing}.",
+                         "pass the ground_truth.csv or ground_truth.parquet written by generate().")
     for name in frame.columns:
         if name == "customer_id":
             frame[name] = frame[name].astype(str)

@@ -22,6 +22,7 @@ import re
 import tempfile
 import tomllib
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -137,6 +138,10 @@ def discover(source: str | Path) -> dict[str, TableSource]:
         (``transactions.csv`` and ``transactions.parquet``, or ``transactions_final.csv``
         and ``transactions.csv``).
     """
+    if not isinstance(source, str | Path):
+        raise InputError(f"the data source {source!r} is not a path.",
+                         "Pass a directory, a DuckDB or data file, a TOML mapping file, or a dict of table "
+                         "name -> file path.")
     path = Path(source)
     if not path.exists():
         raise InputError(f"{path}: no such file or directory.", "Check the path to the data.")
@@ -163,6 +168,26 @@ def discover(source: str | Path) -> dict[str, TableSource]:
         # Picking one by a preference order would silently read an older export or a draft.
         raise _several(path, {name: [f.name for f in files] for name, files in several.items()}, "directory")
     return found
+
+
+def _given(sources: Mapping[Any, Any]) -> dict[str, TableSource]:
+    """A dict of table name -> file path (str or Path) or :class:`TableSource`, as sources."""
+    out: dict[str, TableSource] = {}
+    for name, value in sources.items():
+        if name not in TABLES:
+            raise InputError(f"'{name}' is not a table of the contract.", f"Use the names {sorted(TABLES)}.")
+        if isinstance(value, TableSource):
+            out[name] = value
+        elif isinstance(value, str | Path):
+            path = Path(value)
+            if not path.is_file():
+                raise InputError(f"{path}: no such file (the {name} table).", "Check the path to the data.")
+            out[name] = TableSource(path=path, format=_format_of(path),
+                                    delimiter="\t" if path.name.endswith(".tsv") else ",")
+        else:
+            raise InputError(f"the {name} table's source {value!r} is not a path.",
+                             "Give each table a file path (str or Path) or a TableSource.")
+    return out
 
 
 def _several(path: Path, several: dict[str, list[str]], source: Literal["directory", "database"]) -> InputError:
@@ -355,7 +380,7 @@ def load_tables(
         (empty, binary, not UTF-8, ...) are raised at once as a :class:`DataError`
         by :func:`clvtier.validate.validate`; they are collected in ``problems``.
     """
-    sources = source if isinstance(source, dict) else discover(source)
+    sources = _given(source) if isinstance(source, dict) else discover(source)
     con = con if con is not None else connect()
     raw = RawTables(con=con, tables={}, sources=dict(sources),
                     source=None if isinstance(source, dict) else source)

@@ -246,6 +246,11 @@ def write_run(result: object, run_dir: str | Path, command: str = "", extra: dic
     """
     import json
 
+    from clvtier.errors import InputError
+
+    if not all(hasattr(result, a) for a in ("pipeline", "config", "metrics")):
+        raise InputError(f"expected the result of clvtier.train, got {type(result).__name__}.",
+                         "Pass what clvtier.train(data, config) returned.")
     r: Any = result
     run_dir = Path(run_dir)
     with atomic_dir(run_dir) as tmp:

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from clvtier.errors import InputError, ModelError
-from clvtier.features import BTYD_GROUP, FeatureSpec, build_features, write_feature_parts
+from clvtier.features import BTYD_GROUP, FeatureSpec, build_features, require_dataset, write_feature_parts
 from clvtier.models import model_input
 from clvtier.persist import load_model, safe_csv_frame
 from clvtier.target import TIERS
@@ -67,6 +67,21 @@ def load(run_dir: str | Path) -> Model:
     """Load the model bundle written by ``clvtier train`` (checked; see :func:`persist.load_model`)."""
     pipeline, meta = load_model(run_dir)
     return Model(pipeline, meta)
+
+
+def _require_model(model: Any) -> None:
+    if not isinstance(model, Model):
+        raise InputError(f"expected a loaded model, got {type(model).__name__}.",
+                         "Load the run directory first: model = clvtier.predict.load('runs/1').")
+
+
+def _empty_scores(with_reasons: bool) -> pd.DataFrame:
+    """The scores of no customer: the columns only."""
+    columns = ["customer_id", "tier", "p_low", "p_medium", "p_high"]
+    if with_reasons:
+        columns += [c for k in range(N_REASONS) for c in (f"reason_{k + 1}", f"reason_{k + 1}_effect")]
+    return pd.DataFrame({c: pd.Series(dtype="float64" if c.startswith("p_") or c.endswith("_effect") else "object")
+                         for c in columns})
 
 
 def prepare(frame: pd.DataFrame, model: Model) -> pd.DataFrame:
@@ -209,8 +224,14 @@ def score_frame(model: Model, features: pd.DataFrame, with_reasons: bool = True)
         Compute the top three contributions (occlusion; see :func:`reasons` and
         :mod:`clvtier.occlusion`).
     """
+    _require_model(model)
+    if not isinstance(features, pd.DataFrame) or "customer_id" not in features.columns:
+        raise InputError("the features must be a DataFrame with a customer_id column and the model's features.",
+                         "Build them with clvtier.build_features(data, cutoff, model.spec).frame.")
     X = prepare(features, model)
-    plan = model.plan if len(X) else None
+    if not len(X):
+        return _empty_scores(with_reasons)
+    plan = model.plan
     effects = None
     if plan is not None:
         raw, effects = plan.scores(X, lambda p: _predicted_class(model.pipeline, p)) if with_reasons \
@@ -248,6 +269,8 @@ def predict(model: Model, data: Any, as_of: dt.date | None = None, with_reasons:
         customer_id, tier, p_low, p_medium, p_high, reason_1..3 and their effects;
         exactly one row per customer known at ``as_of``.
     """
+    _require_model(model)
+    require_dataset(data)
     as_of = as_of or data.last_date + dt.timedelta(days=1)
     fs = build_features(data, as_of, model.spec)
     scores = score_frame(model, fs.frame, with_reasons=with_reasons)

@@ -32,13 +32,15 @@ from clvtier.features import (
     BTYD_GROUP,
     FeatureSet,
     FeatureSpec,
+    as_date,
     build_features,
     learn_spec,
     pass_count,
+    require_dataset,
     spend_summary_expr,
     transaction_rows,
 )
-from clvtier.models import DEFAULT_CANDIDATES, candidate_pipelines, make_pipeline, model_input
+from clvtier.models import DEFAULT_CANDIDATES, KNOWN_CANDIDATES, candidate_pipelines, make_pipeline, model_input
 from clvtier.persist import frame_fingerprint
 from clvtier.target import TIERS, TierBinner
 
@@ -97,6 +99,13 @@ class TrainConfig:
     max_train_customers: int | None = 200_000
 
     def __post_init__(self) -> None:
+        # Forgiving where the meaning is plain: a date written as text, candidates as one string.
+        if isinstance(self.cutoff, str):
+            object.__setattr__(self, "cutoff", as_date(self.cutoff))
+        if isinstance(self.candidates, str):
+            object.__setattr__(self, "candidates", tuple(c.strip() for c in self.candidates.split(",") if c.strip()))
+        if self.cutoff is not None and not isinstance(self.cutoff, dt.date):
+            raise InputError(f"cutoff {self.cutoff!r} is not a date.", "Pass a datetime.date or 'YYYY-MM-DD'.")
         if self.mode not in ("predictive", "snapshot"):
             raise InputError(f"unknown mode '{self.mode}'.", "Use predictive or snapshot.")
         allowed = clv.PREDICTIVE_TARGETS if self.mode == "predictive" else clv.SNAPSHOT_TARGETS
@@ -115,6 +124,13 @@ class TrainConfig:
             raise InputError(f"--horizon-days {self.horizon_days} is too short.", "Use at least 7 days.")
         if not self.candidates:
             raise InputError("no candidate models given.", f"Choose from {', '.join(DEFAULT_CANDIDATES)}.")
+        if unknown := [c for c in self.candidates if c not in KNOWN_CANDIDATES]:
+            raise InputError(f"unknown candidate model(s) {unknown}.", f"Choose from {', '.join(KNOWN_CANDIDATES)}.")
+        if self.backtests < 0:
+            raise InputError(f"--backtests {self.backtests} is out of range.", "Use 0 (none) or more.")
+        if self.tier_method in ("quantiles", "amounts") and self.tier_cuts is None:
+            raise InputError(f"the {self.tier_method} tier method needs two cuts.",
+                             f"Use --tiers {self.tier_method}:A,B (tier_cuts=(A, B) in Python), or --tiers quartile.")
         if not 1 <= self.n_boot <= 100_000:
             raise InputError(f"--bootstrap {self.n_boot} is out of range.",
                              "Use 1 to 100,000 resamples (the default is 500).")
@@ -237,7 +253,10 @@ def train(data: Any, config: TrainConfig | None = None, progress: Progress | Non
     -------
     TrainResult
     """
+    require_dataset(data)
     cfg = config or TrainConfig()
+    if not isinstance(cfg, TrainConfig):
+        raise InputError(f"expected a TrainConfig, got {type(cfg).__name__}.", "Pass clvtier.TrainConfig(...).")
     say = progress or (lambda _step: None)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()

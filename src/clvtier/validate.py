@@ -90,7 +90,8 @@ def load(source: Any, con: Any | None = None, as_of: dt.date | None = None) -> D
     Parameters
     ----------
     source : str, Path or dict
-        See :func:`clvtier.ingest.discover`.
+        A path (see :func:`clvtier.ingest.discover`), or a dict of table name -> file
+        path or :class:`clvtier.ingest.TableSource`, such as ``{"transactions": "tx.csv"}``.
     con : ibis DuckDB backend, optional
     as_of : date, optional
         Dates after it are reported; today when omitted.
