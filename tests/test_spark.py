@@ -184,3 +184,22 @@ def test_spark_refuses_a_date_before_the_data(session, data_dir: Path, tmp_path:
     assert res.exit_code == 2, res.output
     assert "no customer is known before the cutoff 2019-06-01" in res.output
     assert not out.exists()
+
+
+def test_spark_csv_guards_formulas_as_duckdb_does(session, data_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data)
+    customers = pd.read_csv(data / "customers_final.csv", dtype=str, keep_default_na=False)
+    customers.loc[0, "location"] = '=HYPERLINK("http://example.com")'
+    customers.loc[1, "location"] = "-7 Main Street"
+    customers.to_csv(data / "customers_final.csv", index=False)
+    outs = {"duckdb": tmp_path / "duckdb.csv", "spark": tmp_path / "spark.csv"}
+    for engine, out in outs.items():
+        res = CliRunner().invoke(app, ["features", str(data), "--cutoff", CUTOFF.isoformat(), "--out", str(out),
+                                       "--engine", engine, "--master", "local[2]"])
+        assert res.exit_code == 0, res.output
+    duck = pd.read_csv(outs["duckdb"], dtype=str)
+    spark = pd.concat([pd.read_csv(p, dtype=str) for p in sorted(outs["spark"].glob("part-*.csv"))])
+    a, b = (f.sort_values("customer_id").set_index("customer_id")["location"] for f in (duck, spark))
+    assert b.equals(a)
+    assert {"'=HYPERLINK(\"http://example.com\")", "'-7 Main Street"} <= set(a)

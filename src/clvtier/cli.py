@@ -108,8 +108,8 @@ AsOfOpt = Annotated[
 
 
 OUT_OF_MEMORY_FIX = ("Fix: raise --memory-limit (DuckDB spills to disk beyond it, but some steps need "
-                     "their working set in memory), use Parquet inputs, or run on Spark (--engine spark). "
-                     "Nothing was written.")
+                     "their working set in memory), convert CSV inputs to Parquet, or run on Spark "
+                     "(--engine spark). Nothing was written.")
 
 
 #: Errors of writing an output (the user's to fix, not a bug) and what to do about them.

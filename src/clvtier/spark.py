@@ -561,6 +561,19 @@ def spark_predict(source: str, model_dir: str | Path, out: str, as_of: dt.date |
 
 
 # -- output ------------------------------------------------------------------------------------
+def _formula_safe(frame: DataFrame) -> DataFrame:
+    """Text cells a spreadsheet would run as a formula get a leading quote (:func:`clvtier.persist.safe_csv_frame`)."""
+    from pyspark.sql import functions as F  # noqa: N812
+    from pyspark.sql.types import StringType
+
+    risky = r"^[=+\-@\t\r]"
+    return frame.select(*(
+        F.when(F.col(f.name).rlike(risky), F.concat(F.lit("'"), F.col(f.name))).otherwise(F.col(f.name)).alias(f.name)
+        if isinstance(f.dataType, StringType) else F.col(f.name)
+        for f in frame.schema.fields
+    ))
+
+
 def _check_known(data: SparkData, cutoff: dt.date, what: str) -> None:
     """Refuse a date no customer is known before (as the DuckDB engine does), when the checks ran."""
     starts = [t["first_date"] for name, t in data.summary.items()
@@ -595,11 +608,15 @@ def _check_output(out: str, data: SparkData) -> None:
 
 def _write(session: SparkSession, frame: DataFrame, out: str) -> int:
     csv = out.lower().endswith(".csv")
+    if csv:
+        frame = _formula_safe(frame)
     with _spark_errors():
         writer = frame.write.mode("overwrite")
         if csv:
-            writer.option("header", True).csv(out)
-            written = session.read.option("header", True).csv(out)
+            # Quotes inside a value are doubled (RFC 4180, as DuckDB and pandas write them), not
+            # escaped with a backslash (Spark's default).
+            writer.option("header", True).option("escape", '"').csv(out)
+            written = session.read.option("header", True).option("escape", '"').csv(out)
         else:
             writer.parquet(out)
             written = session.read.parquet(out)
