@@ -203,3 +203,18 @@ def test_spark_csv_guards_formulas_as_duckdb_does(session, data_dir: Path, tmp_p
     a, b = (f.sort_values("customer_id").set_index("customer_id")["location"] for f in (duck, spark))
     assert b.equals(a)
     assert {"'=HYPERLINK(\"http://example.com\")", "'-7 Main Street"} <= set(a)
+
+
+@pytest.mark.parametrize(("master", "message"), [
+    ("local[x]", "--master 'local[x]' is not a local master URL"),
+    ("local[0]", "--master 'local[0]' is not a local master URL"),
+    ("spark://127.0.0.1:1", "no Spark master answers at spark://127.0.0.1:1"),
+], ids=["local-letters", "local-zero", "nobody-listening"])
+def test_a_bad_master_is_refused_before_spark_starts(data_dir: Path, tmp_path: Path, master: str,
+                                                     message: str) -> None:
+    out = tmp_path / "features.parquet"
+    res = CliRunner().invoke(app, ["features", str(data_dir), "--cutoff", CUTOFF.isoformat(), "--out", str(out),
+                                   "--engine", "spark", "--master", master])
+    assert res.exit_code == 2, res.output
+    assert message in res.output and "Fix:" in res.output
+    assert not out.exists()

@@ -117,6 +117,11 @@ def spark_session(master: str = "local[*]", config: dict[str, str] | None = None
     SparkSession = _pyspark().sql.SparkSession
     if not (master == "yarn" or master.startswith(("local", "spark://", "k8s://"))):
         raise InputError(f"--master '{master}' is not a Spark master URL.", _MASTER_FIX)
+    if master.startswith("local") and not re.fullmatch(
+            r"local(\[(\*|[1-9]\d*)(,[1-9]\d*)?\])?|local-cluster\[\d+,\d+,\d+\]", master):
+        raise InputError(f"--master '{master}' is not a local master URL.", _MASTER_FIX)
+    if master.startswith("spark://"):
+        _reachable(master)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     _require_java()
@@ -144,6 +149,21 @@ def spark_session(master: str = "local[*]", config: dict[str, str] | None = None
         ) from None
     session.sparkContext.setLogLevel("ERROR")
     return session
+
+
+def _reachable(master: str) -> None:
+    """Refuse a standalone master nobody listens at before Spark retries it for a minute or more."""
+    import socket
+
+    for hostport in master.removeprefix("spark://").split(","):  # several masters for high availability
+        host, _, port = hostport.rpartition(":")
+        try:
+            with socket.create_connection((host or hostport, int(port or 7077)), timeout=5):
+                return
+        except (OSError, ValueError):
+            continue
+    raise InputError(f"no Spark master answers at {master}.",
+                     "Start the master, or check the host and port (the standalone default is 7077).")
 
 
 def _pyspark() -> Any:
