@@ -433,3 +433,15 @@ def test_horizon_spend_aligned_to_customers(tiny_dir: Path) -> None:
     assert aligned.index.equals(asked)
     assert aligned.tolist() == [70.0, 0.0, 999.0, 100.0, 0.0, 0.0]
     assert horizon_spend(ds, TINY_CUTOFF, 60, pd.Index([], dtype=object)).empty
+
+
+def test_amounts_are_summed_exactly(tmp_path: Path) -> None:
+    """0.1 + 0.2 is 0.3, not 0.30000000000000004: sums do not depend on the order rows are added in,
+    so a rerun on more threads gives the same features to the last bit."""
+    rows = "".join(f"{k},1,2023-11-0{k},{a}\n" for k, a in enumerate(("0.1", "0.2"), start=1))
+    ds = load(write_ecomx(tmp_path, {
+        "transactions": "transaction_id,customer_id,transaction_date,transaction_amount\n" + rows,
+    }), as_of=TINY_AS_OF)
+    row = build_features(ds, TINY_CUTOFF).frame.iloc[0]
+    assert 0.1 + 0.2 != 0.3
+    assert row["total_spend"] == 0.3 and row["spend_90d"] == 0.3 and row["mean_spend"] == 0.15

@@ -189,6 +189,11 @@ ERROR_CASES: dict[str, ErrorCase] = {
         "transactions_final.csv", "1 value(s) are NaN or infinite", "Replace them",
         column="transaction_amount", count=1, rows=(8,),
     ),
+    "amounts-too-large": ErrorCase(
+        tx_and("transactions", TX.replace("40.0", "1e14").replace("200.0", "-3.5e15")), "amount_too_large",
+        "transactions_final.csv", "2 amount(s) are 1e+14 or more in absolute value", "Check the column's unit",
+        column="transaction_amount", count=2, rows=(5, 8),
+    ),
     "empty-file": ErrorCase(
         tx_and("transactions", b""), "unreadable", "transactions_final.csv",
         "the file is empty (0 bytes)", "Export the table again, with a header",

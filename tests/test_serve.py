@@ -548,7 +548,7 @@ def test_every_problem_reported_at_once(client: TestClient) -> None:
 
 
 def test_spend_that_cancels_out_gives_shares_of_purchases(trained: tuple[Path, Path]) -> None:
-    """Net spend of ~5e-324: the category shares are of purchases, within [0, 1], not 1e9 / 5e-324."""
+    """Net spend of ~5e-324: the category shares are of purchases, within [0, 1], not 1e9 / 5e-324 or NaN."""
     from clvtier.serve.schemas import parse_score_request
     from clvtier.serve.scoring import Scorer
 
@@ -561,7 +561,7 @@ def test_spend_that_cancels_out_gives_shares_of_purchases(trained: tuple[Path, P
     shares = frame.filter(like="share_").iloc[0]
     assert shares["share_electronics"] == 1.0 and shares["share_clothing"] == 0.0
     assert ((shares >= 0) & (shares <= 1)).all()
-    assert frame["total_spend"].iloc[0] == 5e-324
+    assert frame["total_spend"].iloc[0] == 0.0  # summed exactly, to a hundredth of a cent
 
 
 def test_features_the_model_cannot_take_are_422(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from clvtier.errors import InputError
+from clvtier.features import money_sum
 
 Mode = Literal["predictive", "snapshot"]
 PREDICTIVE_TARGETS = ("future", "total")
@@ -37,7 +38,7 @@ def horizon_spend(data: Any, start: dt.date, horizon_days: int, customers: pd.In
     begin = ibis.param("date")
     end = ibis.param("date")
     window = tx.filter((tx.transaction_date >= begin) & (tx.transaction_date < end))
-    expr = window.group_by("customer_id").aggregate(value=window.transaction_amount.sum())
+    expr = window.group_by("customer_id").aggregate(value=money_sum(window.transaction_amount))
     params = {begin: start, end: start + dt.timedelta(days=horizon_days)}
     if customers is None:
         frame = data.con.execute(expr, params=params)

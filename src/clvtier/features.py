@@ -30,6 +30,19 @@ from clvtier.errors import InputError
 SPEND_WINDOWS = (30, 90, 180, 365)
 _MAX_LEVELS = 12
 
+#: Amounts are summed as this decimal type, exactly, and only the sums become floats: a
+#: float sum depends on the order the engine's threads add their partial sums in, and its
+#: last bit differed between two runs on the same data, enough to change a fitted model
+#: now and then. Amounts keep four decimals (a hundredth of a cent) and stay below 1e14
+#: in absolute value (validation refuses larger ones).
+MONEY = "decimal(18, 4)"
+
+
+def money_sum(amount: ir.NumericColumn, where: ir.BooleanValue | None = None) -> ir.FloatingScalar:
+    """The exact sum of amounts (see :data:`MONEY`) as a float; null when no row counts."""
+    return amount.cast(MONEY).sum(where=where).cast("float64")
+
+
 #: The BTYD purchase summary; these columns are only meaningful together (recency <= T).
 BTYD_GROUP = ("btyd_frequency", "btyd_recency", "btyd_T", "btyd_monetary")
 
@@ -233,7 +246,7 @@ def spend_summary_expr(tables: Mapping[str, ir.Table], spec: FeatureSpec) -> tup
     day = tx.transaction_date
     g = tx.group_by("customer_id").aggregate(
         n_transactions=tx.count().cast("float64"),
-        total_spend=tx.transaction_amount.sum(),
+        total_spend=money_sum(tx.transaction_amount),
         btyd_recency=day.max().delta(day.min(), unit="day").cast("float64"),
     )
     if "customers" in spec.tables:
@@ -305,25 +318,25 @@ def _transaction_features(tx: ir.Table, spec: FeatureSpec, cutoff: ir.Scalar) ->
     new_day = tx.gap > 0
     aggs: dict[str, ir.Value] = {
         "n_transactions": tx.count().cast("float64"),
-        "total_spend": amount.sum(),
+        "total_spend": money_sum(amount),
         "max_spend": amount.max(),
         "n_days": tx.count(where=new_day) + 1,
         "first_purchase_day": day.min(),
         "last_day": day.max(),
-        "first_purchase_value": amount.sum(where=day == tx.first_day),
+        "first_purchase_value": money_sum(amount, where=day == tx.first_day),
         "gap_squares": (tx.gap * tx.gap).sum(where=new_day),
-        "spend_prev_180d": amount.sum(where=(tx.ago > 180) & (tx.ago <= 360)),
+        "spend_prev_180d": money_sum(amount, where=(tx.ago > 180) & (tx.ago <= 360)),
     }
     for w_days in SPEND_WINDOWS:
-        aggs[f"spend_{w_days}d"] = amount.sum(where=tx.ago <= w_days)
+        aggs[f"spend_{w_days}d"] = money_sum(amount, where=tx.ago <= w_days)
     # The category mix is over purchases (positive amounts): returns lower the total spend
     # but not a category's share, so shares stay within [0, 1] even when a customer's net
     # spend cancels out to (almost) nothing.
     bought = amount > 0
-    aggs["purchases"] = amount.sum(where=bought)
+    aggs["purchases"] = money_sum(amount, where=bought)
     for c in spec.categories:
         s = slug(c)
-        aggs[f"amt_{s}"] = amount.sum(where=bought & (tx.product_category == c))
+        aggs[f"amt_{s}"] = money_sum(amount, where=bought & (tx.product_category == c))
     other = ~tx.product_category.isin(list(spec.categories)) & tx.product_category.notnull()
     aggs["n__other"] = (bought & (other if spec.categories else tx.product_category.notnull())).sum()
     g = tx.group_by("customer_id").aggregate(**aggs)

@@ -36,7 +36,7 @@ from clvtier.features import FeatureSpec, feature_columns, feature_expr, learn_s
 from clvtier.ingest import TableSource, discover, read_mapping
 from clvtier.ingest import _rename as rename_to_contract
 from clvtier.schema import EXTENSIONS, TABLES
-from clvtier.validate import _kind_label, _parse_fix, _TableCheck, _to_date
+from clvtier.validate import _kind_label, _parse_fix, _TableCheck, _to_date, too_large
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -395,6 +395,8 @@ def _errors(name: str, src: TableSource, stats: dict[str, Any]) -> list[Problem]
             out.append(Problem("error", name, f"{nonfinite:,} value(s) are NaN or infinite",
                                "Replace them with real amounts or drop those rows.", file=file,
                                column=col.name, count=nonfinite, code="non_finite"))
+        if huge := int(stats.get(f"huge_{col.name}") or 0):
+            out.append(too_large(name, huge, file))
     key = contract.key
     if key and "n_key" in stats:
         dupes = int(stats["n_key"]) - int(stats["n_distinct_key"])

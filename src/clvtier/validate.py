@@ -84,6 +84,18 @@ class Dataset:
         return self.summary["transactions"]["first_date"]
 
 
+#: Amounts at or beyond this (in absolute value) are refused: the features sum them exactly
+#: as ``features.MONEY``, which holds less than 1e14.
+AMOUNT_LIMIT = 1e14
+
+
+def too_large(table: str, count: int, file: str, rows: tuple[int, ...] = ()) -> Problem:
+    """The error for amounts at or beyond :data:`AMOUNT_LIMIT`."""
+    return Problem("error", table, f"{count:,} amount(s) are {AMOUNT_LIMIT:.0e} or more in absolute value",
+                   "Check the column's unit (amounts are money, not money times a scale) or drop those rows.",
+                   file=file, column="transaction_amount", count=count, rows=rows, code="amount_too_large")
+
+
 def load(source: Any, con: Any | None = None, as_of: dt.date | None = None) -> Dataset:
     """Ingest and validate a data source in one call.
 
@@ -293,6 +305,8 @@ class _TableCheck:
                 aggs[f"nonfinite_{col.name}"] = (v.notnull() & ~finite).sum()
                 aggs[f"neg_{col.name}"] = (finite & (v < 0)).sum()
                 aggs[f"zero_{col.name}"] = (finite & (v == 0)).sum()
+                if col.name == "transaction_amount":  # summed exactly as features.MONEY
+                    aggs[f"huge_{col.name}"] = (finite & (v.abs() >= AMOUNT_LIMIT)).sum()
             if col.kind == "response":
                 # A boolean or 1/0 column is never spelled Yes/No: every value is normalised.
                 canon = r.strip().isin(["Yes", "No"]) if r.type().is_string() else ibis.literal(False)
@@ -375,6 +389,10 @@ class _TableCheck:
                 "Replace them with real amounts or drop those rows.", column=name,
                 count=nonfinite, rows=rows, code="non_finite",
             )
+        huge = int(stats.get(f"huge_{name}", 0) or 0)
+        if huge:
+            rows = self._first_lines(lambda t: t[f"__typed_{name}"].abs() >= AMOUNT_LIMIT)
+            self.problems.append(too_large(self.name, huge, str(self.src.path), rows))
         future = int(stats.get(f"future_{name}", 0) or 0)
         if future:
             self.problem(
