@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from clvtier.errors import ClvtierError
+from clvtier.errors import ClvtierError, DataError
 from clvtier.validate import Dataset, load
 
 AS_OF = dt.date(2024, 6, 30)
@@ -197,16 +197,22 @@ def test_any_frame_as_parquet_validates_or_raises_clvtier_error(frame: pd.DataFr
 
 
 def test_huge_and_tiny_numbers_in_parquet_are_not_lost() -> None:
-    """Extremes that are finite stay finite and valid; only NaN and infinities are refused."""
+    """Tiny amounts stay valid; huge finite ones are refused by name (they cannot be summed exactly)."""
     frame = pd.DataFrame({
-        "customer_id": ["a", "b", "c", "d"],
-        "transaction_date": [dt.date(2023, 1, 1)] * 4,
-        "transaction_amount": [1e308, 5e-324, -1e308, np.float64(1.5)],
+        "customer_id": ["a", "b", "c", "d", "e"],
+        "transaction_date": [dt.date(2023, 1, 1)] * 5,
+        "transaction_amount": [99_999_999_999_999.98, 5e-324, -1e-300, np.float64(1.5), -99_999_999_999_999.98],
     })
     with data_dir({}) as root:
         frame.to_parquet(root / "transactions.parquet", index=False)
         ds = load(root, as_of=AS_OF)
-        assert ds.summary["transactions"]["rows"] == 4
+        assert ds.summary["transactions"]["rows"] == 5
+        frame.loc[0, "transaction_amount"], frame.loc[4, "transaction_amount"] = 1e308, -1e14
+        frame.to_parquet(root / "transactions.parquet", index=False)
+        with pytest.raises(DataError) as err:
+            load(root, as_of=AS_OF)
+        [problem] = [p for p in err.value.problems if p.severity == "error"]
+        assert problem.code == "amount_too_large" and problem.count == 2 and problem.rows == (2, 6)
 
 
 # -- mapping files -------------------------------------------------------------------------------
