@@ -292,13 +292,9 @@ def _check_model_dir(path: Path) -> None:
 
 def _check_cutoff(ds: Any, cutoff: dt.date, what: str = "the cutoff") -> None:
     """Refuse a cutoff no customer is known at; point out one past the last transaction."""
-    starts = [s["first_date"] for name, s in ds.summary.items()
-              if name in ("transactions", "customers") and s.get("first_date")]
-    if starts and cutoff <= min(starts):
-        raise InputError(
-            f"no customer is known before {what} {cutoff}: the data start on {min(starts)}.",
-            f"Choose a date after {min(starts)} (the features use events strictly before it).",
-        )
+    from clvtier.clv import check_someone_known
+
+    check_someone_known(ds.summary, cutoff, what)
     last = ds.summary["transactions"]["last_date"]
     if cutoff > last + dt.timedelta(days=1):
         days = (cutoff - last).days

@@ -64,6 +64,15 @@ def default_cutoff(data: Any, horizon_days: int) -> dt.date:
     return data.last_date + dt.timedelta(days=1) - dt.timedelta(days=horizon_days)
 
 
+def check_someone_known(summary: dict[str, dict[str, Any]], date: dt.date, what: str = "the cutoff") -> None:
+    """Refuse a date no customer is known before, from validation's summary of the tables."""
+    starts = [t["first_date"] for name, t in summary.items()
+              if name in ("transactions", "customers") and t.get("first_date")]
+    if starts and date <= min(starts):
+        raise InputError(f"no customer is known before {what} {date}: the data start on {min(starts)}.",
+                         f"Choose a date after {min(starts)} (the features use events strictly before it).")
+
+
 def check_cutoff(data: Any, cutoff: dt.date, horizon_days: int, min_history_days: int = 30) -> None:
     """Refuse a cutoff that leaves no history before it or no horizon after it."""
     first, last = data.first_date, data.last_date

@@ -36,6 +36,8 @@ _MAX_LEVELS = 12
 #: now and then. Amounts keep four decimals (a hundredth of a cent) and stay below 1e14
 #: in absolute value (validation refuses larger ones).
 MONEY = "decimal(18, 4)"
+#: Amounts at or beyond this, in absolute value, do not fit :data:`MONEY` (18 digits, 4 of them decimals).
+AMOUNT_LIMIT = 1e14
 
 
 def money_sum(amount: ir.NumericColumn, where: ir.BooleanValue | None = None) -> ir.FloatingScalar:

@@ -150,7 +150,7 @@ def discover(source: str | Path) -> dict[str, TableSource]:
     if path.is_file() and path.suffix.lower() in (".duckdb", ".db", ".ddb"):
         return _discover_duckdb(path)
     if path.is_file():
-        return {"transactions": TableSource(path=path, format=_format_of(path))}
+        return {"transactions": _file_source(path)}
     found: dict[str, TableSource] = {}
     several: dict[str, list[Path]] = {}
     for table in TABLES.values():
@@ -162,12 +162,16 @@ def discover(source: str | Path) -> dict[str, TableSource]:
             several[table.name] = candidates
         elif candidates:
             [file] = candidates
-            delim = "\t" if file.name.endswith(".tsv") else ","
-            found[table.name] = TableSource(path=file, format=_format_of(file), delimiter=delim)
+            found[table.name] = _file_source(file)
     if several:
         # Picking one by a preference order would silently read an older export or a draft.
         raise _several(path, {name: [f.name for f in files] for name, files in several.items()}, "directory")
     return found
+
+
+def _file_source(path: Path) -> TableSource:
+    """How to read a data file, from its name: its format, and tabs for a ``.tsv`` file."""
+    return TableSource(path=path, format=_format_of(path), delimiter="\t" if path.name.endswith(".tsv") else ",")
 
 
 def _given(sources: Mapping[Any, Any]) -> dict[str, TableSource]:
@@ -182,8 +186,7 @@ def _given(sources: Mapping[Any, Any]) -> dict[str, TableSource]:
             path = Path(value)
             if not path.is_file():
                 raise InputError(f"{path}: no such file (the {name} table).", "Check the path to the data.")
-            out[name] = TableSource(path=path, format=_format_of(path),
-                                    delimiter="\t" if path.name.endswith(".tsv") else ",")
+            out[name] = _file_source(path)
         else:
             raise InputError(f"the {name} table's source {value!r} is not a path.",
                              "Give each table a file path (str or Path) or a TableSource.")

@@ -309,6 +309,10 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
+#: First characters that make a spreadsheet run a text cell as a formula.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
 def safe_csv_frame(frame: Any) -> Any:
     """Prefix text cells that a spreadsheet would run as a formula (=, +, -, @) with a quote."""
     import pandas as pd
@@ -317,6 +321,6 @@ def safe_csv_frame(frame: Any) -> Any:
     for col in out.columns:
         if not pd.api.types.is_numeric_dtype(out[col]):
             s = out[col].astype("object")
-            risky = s.map(lambda v: isinstance(v, str) and v[:1] in ("=", "+", "-", "@", "\t", "\r"))
+            risky = s.map(lambda v: isinstance(v, str) and v[:1] in FORMULA_STARTS)
             out[col] = s.where(~risky, "'" + s.astype(str))
     return out

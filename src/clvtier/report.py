@@ -956,7 +956,6 @@ def _stability(run: _Run) -> dict[str, Any]:
                            f"versus {_join([name for _k, name in methods])}.", "svg": svg})
     intro = (f"Retrained at {len(done)} earlier cutoffs and tested on the {days} days after each" if len(done) > 1
              else f"Retrained as of an earlier cutoff ({cutoffs[0]}) and tested on the {days} days after it")
-    words = BACKTEST_WORDS
 
     def spans(key: str) -> str:
         others = ", ".join(f"{name} {_span(key, [(r.get(k) or {}).get(key) for r in done])}" for k, name in methods)
@@ -964,7 +963,7 @@ def _stability(run: _Run) -> dict[str, Any]:
 
     sentences = [f"{intro}, the model's macro-F1 is {spans('macro_f1')} and the revenue held by its High tier "
                  f"is {spans('revenue_capture_high')}."]
-    tallies = [f"{words[k]}, {t}" for k in words if (t := _backtest_tally(done, k, methods))]
+    tallies = [f"{word}, {t}" for k, word in BACKTEST_WORDS.items() if (t := _backtest_tally(done, k, methods))]
     if tallies:
         sentences.append("On " + "; on ".join(tallies) + ".")
     sentences += [f"At the main cutoff ({m.get('cutoff')}) the model leads on {BACKTEST_WORDS[key]} "

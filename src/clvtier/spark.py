@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import ibis.expr.types as ir
 import pandas as pd
 
+from clvtier.clv import check_someone_known
 from clvtier.errors import DataError, InputError, Problem
 from clvtier.features import FeatureSpec, feature_columns, feature_expr, learn_spec
 from clvtier.ingest import TableSource, discover, read_mapping
@@ -468,7 +469,7 @@ def spark_features(source: str, cutoff: dt.date, out: str, master: str = "local[
     session = session or spark_session(master)
     data = read_tables(session, source, check=check)
     _check_output(out, data)
-    _check_known(data, cutoff, "the cutoff")
+    check_someone_known(data.summary, cutoff)  # when the checks ran
     spec = learn_spec(data.tables, data.con)
     frame = feature_frame(data, cutoff, spec)
     n = _write(session, frame, out)
@@ -577,7 +578,7 @@ def spark_predict(source: str, model_dir: str | Path, out: str, as_of: dt.date |
     data = read_tables(session, source, check=check)
     _check_output(out, data)
     as_of = as_of or data.last_date() + dt.timedelta(days=1)
-    _check_known(data, as_of, "the scoring date")
+    check_someone_known(data.summary, as_of, "the scoring date")
     scores = score(feature_frame(data, as_of, model.spec), model, with_reasons=with_reasons)
     return _write(session, scores, out)
 
@@ -588,21 +589,14 @@ def _formula_safe(frame: DataFrame) -> DataFrame:
     from pyspark.sql import functions as F  # noqa: N812
     from pyspark.sql.types import StringType
 
-    risky = r"^[=+\-@\t\r]"
+    from clvtier.persist import FORMULA_STARTS
+
+    risky = "^[" + "".join(re.escape(c) for c in FORMULA_STARTS) + "]"
     return frame.select(*(
         F.when(F.col(f.name).rlike(risky), F.concat(F.lit("'"), F.col(f.name))).otherwise(F.col(f.name)).alias(f.name)
         if isinstance(f.dataType, StringType) else F.col(f.name)
         for f in frame.schema.fields
     ))
-
-
-def _check_known(data: SparkData, cutoff: dt.date, what: str) -> None:
-    """Refuse a date no customer is known before (as the DuckDB engine does), when the checks ran."""
-    starts = [t["first_date"] for name, t in data.summary.items()
-              if name in ("transactions", "customers") and t.get("first_date")]
-    if starts and cutoff <= min(starts):
-        raise InputError(f"no customer is known before {what} {cutoff}: the data start on {min(starts)}.",
-                         f"Choose a date after {min(starts)} (the features use events strictly before it).")
 
 
 #: What an earlier Spark output directory holds: part files, _SUCCESS and their .crc files.

@@ -27,6 +27,7 @@ import ibis
 import ibis.expr.types as ir
 
 from clvtier.errors import DataError, Problem
+from clvtier.features import AMOUNT_LIMIT
 from clvtier.ingest import RawTables, TableSource, load_tables, spreadsheet_hint
 from clvtier.schema import DATE_PATTERNS as _DATE_PATTERNS
 from clvtier.schema import RESPONSE_NO, RESPONSE_YES, TABLES, Column
@@ -84,13 +85,8 @@ class Dataset:
         return self.summary["transactions"]["first_date"]
 
 
-#: Amounts at or beyond this (in absolute value) are refused: the features sum them exactly
-#: as ``features.MONEY``, which holds less than 1e14.
-AMOUNT_LIMIT = 1e14
-
-
 def too_large(table: str, count: int, file: str, rows: tuple[int, ...] = ()) -> Problem:
-    """The error for amounts at or beyond :data:`AMOUNT_LIMIT`."""
+    """The error for amounts at or beyond :data:`clvtier.features.AMOUNT_LIMIT` (features sum amounts exactly)."""
     return Problem("error", table, f"{count:,} amount(s) are {AMOUNT_LIMIT:.0e} or more in absolute value",
                    "Check the column's unit (amounts are money, not money times a scale) or drop those rows.",
                    file=file, column="transaction_amount", count=count, rows=rows, code="amount_too_large")
