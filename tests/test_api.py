@@ -39,9 +39,9 @@ def test_train_config_reads_a_date_and_a_list_written_as_text() -> None:
     ({"cutoff": "June 1st"}, "'June 1st' is not a date"),
     ({"cutoff": 20230601}, "cutoff 20230601 is not a date"),
     ({"candidates": ("logreg", "xgb")}, "unknown candidate model(s) ['xgb']"),
-    ({"backtests": -1}, "--backtests -1 is out of range"),
+    ({"backtests": -1}, "backtests=-1 (--backtests) is out of range"),
     ({"tier_method": "amounts"}, "the amounts tier method needs two cuts"),
-    ({"n_boot": 0}, "--bootstrap 0 is out of range"),
+    ({"n_boot": 0}, "n_boot=0 (--bootstrap) is out of range"),
 ], ids=["cutoff-text", "cutoff-number", "candidate", "backtests", "amounts-without-cuts", "bootstrap"])
 def test_train_config_refuses_what_training_cannot_use(fields: dict, message: str) -> None:
     with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):

@@ -21,6 +21,7 @@ if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
     pytest.skip("needs Java 17 (apt-get install openjdk-17-jre-headless)", allow_module_level=True)
 
 from clvtier.cli import app  # noqa: E402
+from clvtier.errors import InputError  # noqa: E402
 from clvtier.features import build_features  # noqa: E402
 from clvtier.generate import generate  # noqa: E402
 from clvtier.models import make_pipeline, model_input  # noqa: E402
@@ -175,6 +176,32 @@ def test_spark_output_never_replaces_data_or_other_files(session, data_dir: Path
         res = CliRunner().invoke(app, ["features", str(data), "--cutoff", CUTOFF.isoformat(), "--out", str(earlier),
                                        "--engine", "spark", "--master", "local[2]"])
         assert res.exit_code == 0, res.output
+
+
+def test_spark_checks_a_uri_output_on_its_own_file_system(session, data_dir: Path,  # type: ignore[no-untyped-def]
+                                                          tmp_path: Path) -> None:
+    # An output URI (hdfs://, s3a://, ...) is checked through Hadoop's file system for its
+    # scheme; file: URIs take the same route here.
+    from clvtier.spark import _check_uri_output
+
+    data = read_tables(session, data_dir, check=False)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("not Spark's")
+    for out, needle in ((data_dir.as_uri(), "table's input"),
+                        ((data_dir / "transactions_final.csv").as_uri(), "table's input"),
+                        (other.as_uri(), "exists and is not an earlier Spark output"),
+                        ((other / "keep.txt").as_uri(), "exists and is not an earlier Spark output")):
+        with pytest.raises(InputError, match=needle):
+            _check_uri_output(out, data)
+    earlier = tmp_path / "earlier.parquet"
+    earlier.mkdir()
+    for name in ("part-00000-1.snappy.parquet", "_SUCCESS", ".part-00000-1.snappy.parquet.crc"):
+        (earlier / name).write_bytes(b"")
+    _check_uri_output(earlier.as_uri(), data)  # an earlier Spark output may be replaced
+    _check_uri_output((tmp_path / "new.parquet").as_uri(), data)
+    with pytest.raises(InputError, match="No FileSystem for scheme"):
+        _check_uri_output("nosuchfs://bucket/features.parquet", data)
 
 
 def test_spark_refuses_a_date_before_the_data(session, data_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

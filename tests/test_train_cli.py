@@ -199,7 +199,7 @@ def test_snapshot_mode_is_labelled(data_dir: Path, tmp_path: Path) -> None:
         (["--cutoff", "2019-01-01"], "history"),
         (["--cutoff", "2024-05-01"], "horizon"),
         (["--cutoff", "not-a-date"], "not a date"),
-        (["--seed", "-1"], "--seed -1 is out of range"),
+        (["--seed", "-1"], "seed=-1 (--seed) is out of range"),
         (["--tiers", "amounts:1000000,2000000"], "(--tiers quartile)"),
         (["--as-of", "2023-01-01", "--cutoff", "2023-01-02"], "horizon"),
     ],

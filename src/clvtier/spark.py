@@ -604,22 +604,57 @@ _SPARK_OUTPUT = re.compile(r"^(part-.*|_.*|\..*\.crc)$")
 
 
 def _check_output(out: str, data: SparkData) -> None:
-    """Refuse a local output that would replace input data or anything but an earlier Spark output.
+    """Refuse an output that would replace input data or anything but an earlier Spark output.
 
-    Spark replaces the whole output path; a remote one (``s3://``, ...) is not checked.
+    Spark replaces the whole output path. It is checked through the file system Spark
+    writes it with (:func:`_check_uri_output`): a URI's (``hdfs://``, ``s3a://``, ...), or
+    for a path without a scheme the cluster's default one. A local path is also checked
+    here with its symbolic links resolved.
     """
-    if "://" in out and not out.startswith("file://"):
-        return
-    target = Path(out.removeprefix("file://")).resolve()
+    if "://" not in out or out.startswith("file://"):
+        target = Path(out.removeprefix("file://")).resolve()
+        for name, src in data.sources.items():
+            if isinstance(src.path, Path):
+                read = src.path.resolve()
+                if target == read or target in read.parents:
+                    raise _replaces_input(out, name, src.path)
+        if target.is_file() or (target.is_dir() and any(not _SPARK_OUTPUT.match(p.name) for p in target.iterdir())):
+            raise _replaces_other(out)
+    _check_uri_output(out, data)
+
+
+def _check_uri_output(out: str, data: SparkData) -> None:
+    """:func:`_check_output` asked of Hadoop's file system for the output's scheme."""
+    session = data.session
+    conf = session._jsc.hadoopConfiguration()  # type: ignore[attr-defined]
+    hadoop_path = session._jvm.org.apache.hadoop.fs.Path  # type: ignore[attr-defined]
+
+    def qualified(uri: str) -> tuple[Any, Any]:
+        path = hadoop_path(uri)
+        with _spark_errors():
+            fs = path.getFileSystem(conf)
+        return fs, fs.makeQualified(path)
+
+    fs, target = qualified(out)
     for name, src in data.sources.items():
-        if isinstance(src.path, Path):
-            read = src.path.resolve()
-            if target == read or target in read.parents:
-                raise InputError(f"{out} holds the {name} table's input ({src.path}); Spark would delete it "
-                                 "when it replaces the output.", "Choose an output path outside the data.")
-    if target.is_file() or (target.is_dir() and any(not _SPARK_OUTPUT.match(p.name) for p in target.iterdir())):
-        raise InputError(f"{out} exists and is not an earlier Spark output; Spark would replace it.",
-                         "Choose a new output path, or remove that one first.")
+        read: Any = qualified(str(src.path))[1]
+        while read is not None:
+            if read.equals(target):
+                raise _replaces_input(out, name, src.path)
+            read = read.getParent()
+    if fs.exists(target) and (fs.getFileStatus(target).isFile() or any(
+            not _SPARK_OUTPUT.match(status.getPath().getName()) for status in fs.listStatus(target))):
+        raise _replaces_other(out)
+
+
+def _replaces_input(out: str, name: str, path: Any) -> InputError:
+    return InputError(f"{out} holds the {name} table's input ({path}); Spark would delete it when it "
+                      "replaces the output.", "Choose an output path outside the data.")
+
+
+def _replaces_other(out: str) -> InputError:
+    return InputError(f"{out} exists and is not an earlier Spark output; Spark would replace it.",
+                      "Choose a new output path, or remove that one first.")
 
 
 def _write(session: SparkSession, frame: DataFrame, out: str) -> int:

@@ -117,27 +117,28 @@ class TrainConfig:
         if self.metric not in METRICS:
             raise InputError(f"unknown metric '{self.metric}'.", f"Use one of {', '.join(METRICS)}.")
         if not 2 <= self.cv_folds <= 20:
-            raise InputError(f"--cv {self.cv_folds} is out of range.", "Use 2 to 20 folds.")
+            raise InputError(f"cv_folds={self.cv_folds} (--cv) is out of range.", "Use 2 to 20 folds.")
         if not 0.05 <= self.test_size <= 0.5:
-            raise InputError(f"test size {self.test_size} is out of range.", "Use 0.05 to 0.5.")
+            raise InputError(f"test_size={self.test_size} is out of range.", "Use 0.05 to 0.5.")
         if self.horizon_days < 7:
-            raise InputError(f"--horizon-days {self.horizon_days} is too short.", "Use at least 7 days.")
+            raise InputError(f"horizon_days={self.horizon_days} (--horizon-days) is too short.", "Use at least 7 days.")
         if not self.candidates:
             raise InputError("no candidate models given.", f"Choose from {', '.join(DEFAULT_CANDIDATES)}.")
         if unknown := [c for c in self.candidates if c not in KNOWN_CANDIDATES]:
             raise InputError(f"unknown candidate model(s) {unknown}.", f"Choose from {', '.join(KNOWN_CANDIDATES)}.")
         if self.backtests < 0:
-            raise InputError(f"--backtests {self.backtests} is out of range.", "Use 0 (none) or more.")
+            raise InputError(f"backtests={self.backtests} (--backtests) is out of range.", "Use 0 (none) or more.")
         if self.tier_method in ("quantiles", "amounts") and self.tier_cuts is None:
             raise InputError(f"the {self.tier_method} tier method needs two cuts.",
                              f"Use --tiers {self.tier_method}:A,B (tier_cuts=(A, B) in Python), or --tiers quartile.")
         if not 1 <= self.n_boot <= 100_000:
-            raise InputError(f"--bootstrap {self.n_boot} is out of range.",
+            raise InputError(f"n_boot={self.n_boot} (--bootstrap) is out of range.",
                              "Use 1 to 100,000 resamples (the default is 500).")
         if not 0 <= self.seed < 2**32:
-            raise InputError(f"--seed {self.seed} is out of range.", "Use a whole number from 0 to 4,294,967,295.")
+            raise InputError(f"seed={self.seed} (--seed) is out of range.",
+                             "Use a whole number from 0 to 4,294,967,295.")
         if self.max_train_customers is not None and self.max_train_customers < 100:
-            raise InputError(f"--max-train-customers {self.max_train_customers} is too small.",
+            raise InputError(f"max_train_customers={self.max_train_customers} (--max-train-customers) is too small.",
                              "Use at least 100 (the default is 200,000).")
 
     def to_dict(self) -> dict[str, Any]:
