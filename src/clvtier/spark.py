@@ -626,8 +626,9 @@ def _check_output(out: str, data: SparkData) -> None:
 def _check_uri_output(out: str, data: SparkData) -> None:
     """:func:`_check_output` asked of Hadoop's file system for the output's scheme."""
     session = data.session
+    jvm: Any = session._jvm  # the classic session's gateway to the JVM
     conf = session._jsc.hadoopConfiguration()  # type: ignore[attr-defined]
-    hadoop_path = session._jvm.org.apache.hadoop.fs.Path  # type: ignore[attr-defined]
+    hadoop_path = jvm.org.apache.hadoop.fs.Path
 
     def qualified(uri: str) -> tuple[Any, Any]:
         path = hadoop_path(uri)
