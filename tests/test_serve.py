@@ -28,7 +28,7 @@ from clvtier.serve import Settings, create_app, get_settings
 from clvtier.serve.batching import MicroBatcher, Overloaded
 from clvtier.serve.logs import JsonFormatter
 from clvtier.serve.routes import get_batcher
-from clvtier.serve.schemas import COLUMNAR_FROM, EXAMPLE_REQUEST, _columnar
+from clvtier.serve.schemas import COLUMNAR_FROM, EXAMPLE_REQUEST, columnar
 from clvtier.validate import Dataset
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "openapi.json"
@@ -236,7 +236,7 @@ def test_scores_equal_batch_predict(client: TestClient, model: Model, dataset: D
     batch = predict(model, dataset, as_of).set_index("customer_id")
     customers = list(records(dataset).values())
     raw = json.dumps({"as_of": as_of.isoformat(), "customers": customers}).encode()
-    assert len(raw) >= COLUMNAR_FROM and _columnar(raw) is not None  # read by Arrow, not pydantic
+    assert len(raw) >= COLUMNAR_FROM and columnar(raw) is not None  # read by Arrow, not pydantic
     r = client.post("/v1/score", content=raw, headers={"Content-Type": "application/json"})
     assert r.status_code == 200, r.text
     served = r.json()["scores"]
@@ -519,7 +519,7 @@ def test_large_bodies_get_the_same_answers_as_small_ones(client: TestClient) -> 
     many = [one(customer_id=f"C-{i}", transactions=[{"date": "2023-05-01", "amount": 10.5, "category": "Clothing"}],
                 offers=[{"date": "2023-04-01", "response": "Yes", "promotion_type": "Discount"}]) for i in range(1000)]
     sent = json.dumps({"as_of": "2024-01-01", "customers": many}, separators=(",", ":")).encode()  # as posted
-    assert len(sent) >= COLUMNAR_FROM and _columnar(sent) is not None
+    assert len(sent) >= COLUMNAR_FROM and columnar(sent) is not None
     ok = post(client, many)
     assert ok.status_code == 200, ok.text
     assert [s["customer_id"] for s in ok.json()["scores"]] == [c["customer_id"] for c in many]

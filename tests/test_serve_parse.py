@@ -29,7 +29,7 @@ TABLES = ("transactions", "customers", "engagements", "marketing")
 
 def by_pydantic(raw: bytes) -> ScoreBatch | None:
     """The request as pydantic alone reads it (``None``: refused)."""
-    with mock.patch.object(schemas, "_columnar", lambda raw: None):
+    with mock.patch.object(schemas, "columnar", lambda raw: None):
         try:
             return parse_score_request(raw)
         except RequestValidationError:
@@ -38,7 +38,7 @@ def by_pydantic(raw: bytes) -> ScoreBatch | None:
 
 def assert_same_verdict(raw: bytes) -> ScoreBatch | None:
     """The quick path accepts only what pydantic accepts, and reads the same records from it."""
-    quick = schemas._columnar(raw)
+    quick = schemas.columnar(raw)
     if quick is None:
         return None
     slow = by_pydantic(raw)
@@ -72,13 +72,13 @@ def test_large_bodies_are_read_by_arrow_first_and_small_ones_by_pydantic() -> No
     large = body(*[dict(customer, customer_id=f"C-{i}") for i in range(400)])
     assert len(small) < schemas.COLUMNAR_FROM <= len(large)
     answers: list[ScoreBatch | None] = []
-    columnar = schemas._columnar
+    columnar = schemas.columnar
 
     def quick(raw: bytes) -> ScoreBatch | None:
         answers.append(columnar(raw))
         return answers[-1]
 
-    with mock.patch.object(schemas, "_columnar", quick):
+    with mock.patch.object(schemas, "columnar", quick):
         assert len(parse_score_request(small)) == 1
         assert not answers
         assert len(parse_score_request(large)) == 400
@@ -167,7 +167,7 @@ def test_edge_cases_get_pydantics_verdict(name: str) -> None:
 
 def test_edge_cases_that_pydantic_accepts_mostly_take_the_quick_path() -> None:
     accepted = [name for name, raw in EDGES.items() if by_pydantic(raw) is not None]
-    quick = [name for name in accepted if schemas._columnar(EDGES[name]) is not None]
+    quick = [name for name in accepted if schemas.columnar(EDGES[name]) is not None]
     assert {"records of every kind", "escaped text", "longest text", "empty profile"} <= set(quick)
     # left to pydantic on purpose: repeated keys (the last one counts) and counts written as 3.0
     assert set(accepted) - set(quick) == {"repeated key", "whole float count"}

@@ -342,7 +342,7 @@ def parse_score_request(raw: bytes) -> ScoreBatch:
 
     Arrow's JSON reader parses a large body straight into columns, without a Python
     object per record, and vectorised checks hold it to the rules of :class:`ScoreRequest`
-    (:func:`_columnar`). A body that any of them rejects is parsed again by pydantic-core,
+    (:func:`columnar`). A body that any of them rejects is parsed again by pydantic-core,
     which decides and names every problem: the quick path only ever accepts bodies that
     pydantic accepts, with the same values (tested). Small bodies go to pydantic at once:
     the checks cost about a millisecond, whatever the size.
@@ -355,7 +355,7 @@ def parse_score_request(raw: bytes) -> ScoreBatch:
     from fastapi.exceptions import RequestValidationError
     from pydantic_core import from_json
 
-    quick = _columnar(raw) if len(raw) >= COLUMNAR_FROM else None
+    quick = columnar(raw) if len(raw) >= COLUMNAR_FROM else None
     if quick is not None:
         return quick
     try:
@@ -411,7 +411,7 @@ _RESPONSES = pa.array(["Yes", "No"])
 _OBJECT_START = re.compile(rb"[ \t\r\n]*\{")
 
 
-def _columnar(raw: bytes) -> ScoreBatch | None:
+def columnar(raw: bytes) -> ScoreBatch | None:
     """The request, if Arrow's JSON reader and the checks below accept it; else ``None``.
 
     Each check is at least as strict as its pydantic rule: no missing required field
