@@ -7,7 +7,10 @@ import gzip
 import importlib
 import io
 import json
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +23,7 @@ from conftest import TINY, TINY_AS_OF, TINY_CUTOFF, write_ecomx
 from typer.testing import CliRunner
 
 from clvtier.cli import app
-from clvtier.errors import EXIT_BAD_INPUT, DataError, InputError, Problem
+from clvtier.errors import EXIT_BAD_INPUT, EXIT_BROKEN_PIPE, DataError, InputError, Problem
 from clvtier.features import build_features
 from clvtier.ingest import discover
 from clvtier.validate import Dataset, load
@@ -29,6 +32,8 @@ REAL_ECOMX = Path(__file__).resolve().parents[2] / "shared" / "data" / "ecomx"
 AS_OF = TINY_AS_OF.isoformat()
 TX = TINY["transactions"]
 TX_HEADER = TX.splitlines()[0] + "\n"
+#: TINY's transactions and 3,000 more rows: longer than the sample DuckDB checks on reading.
+LONG_TX = TX + "".join(f"{100 + i},1,2023-03-01,10.0,Electronics\n" for i in range(3000))
 
 
 def cli(*args: str) -> Result:
@@ -211,6 +216,20 @@ ERROR_CASES: dict[str, ErrorCase] = {
         tx_and("transactions", TX + "13,1,2023-03-01\n"), "unreadable", "transactions_final.csv",
         "the file cannot be parsed as CSV", "every row has as many fields as the header",
     ),
+    # DuckDB samples the first 2,048 records when the file is registered; it meets a bad
+    # record past them only when validation first reads every record.
+    "ragged-row-past-the-sample": ErrorCase(
+        tx_and("transactions", LONG_TX + "3012 rows\n"), "unreadable", "transactions_final.csv",
+        f"the file cannot be parsed as CSV (line {len(LONG_TX.splitlines()) + 1} has 1 field(s), the header has 5)",
+        "a title, total or footer line is a row too",
+    ),
+    "unclosed-quote-past-the-sample": ErrorCase(
+        single_file("transactions.csv.gz", gzip.compress(
+            (LONG_TX + '9999,1,2023-03-01,10.0,"Electronics\n' + LONG_TX.split("\n", 1)[1]).encode())),
+        "unreadable", "transactions.csv.gz",
+        f"a quoted field starting on line {len(LONG_TX.splitlines()) + 1} is not closed",
+        "every row has as many fields as the header",
+    ),
     "binary-file": ErrorCase(
         tx_and("transactions", bytes(range(256)) * 8), "unreadable", "transactions_final.csv",
         "the file is binary or UTF-16 encoded, not UTF-8 text", "Save the table as UTF-8 CSV",
@@ -277,7 +296,7 @@ def test_error_is_reported_in_detail_with_exit_code_2(case: ErrorCase, tmp_path:
 # Validation runs before anything is written, whatever the error: a sample of kinds suffices.
 NOTHING_WRITTEN = ["no-transactions-table", "empty-directory", "unparsable-dates", "duplicate-transaction-id",
                    "header-only-transactions", "nan-and-inf-amounts", "empty-file", "semicolon-delimiter",
-                   "binary-file", "latin1-file"]
+                   "binary-file", "latin1-file", "ragged-row-past-the-sample"]
 
 
 @pytest.mark.parametrize("case", [ERROR_CASES[k] for k in NOTHING_WRITTEN], ids=NOTHING_WRITTEN)
@@ -959,3 +978,18 @@ def test_a_spreadsheet_in_place_of_a_table_is_named(tmp_path: Path, with_custome
     assert result.exit_code == EXIT_BAD_INPUT
     assert "transactions.xlsx is a spreadsheet, which clvtier does not read: save each sheet as CSV UTF-8" \
         in result.output
+
+
+@pytest.mark.parametrize("args", [[], ["--json"]], ids=["table", "json"])
+def test_a_reader_that_stops_reading_ends_the_command_quietly(args: list[str], tiny_dir: Path) -> None:
+    """`clvtier validate DATA | head`: no internal error when the reader has gone, and exit code 141."""
+    read, write = os.pipe()
+    os.close(read)  # gone before the first line
+    try:
+        proc = subprocess.run([sys.executable, "-m", "clvtier.cli", "validate", str(tiny_dir), "--as-of", AS_OF,
+                               *args], stdout=write, stderr=subprocess.PIPE, text=True, timeout=300, check=False)
+    finally:
+        os.close(write)
+    assert proc.returncode == EXIT_BROKEN_PIPE, proc.stderr
+    for noise in ("Internal error", "Traceback", "Exception ignored", "BrokenPipe"):
+        assert noise not in proc.stderr

@@ -26,6 +26,7 @@ from rich.table import Table
 
 from clvtier.errors import (
     EXIT_BAD_INPUT,
+    EXIT_BROKEN_PIPE,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     ClvtierError,
@@ -45,8 +46,17 @@ app = typer.Typer(
 # Output captured to a file or a CI log is not cut to the default 80 columns of a
 # non-terminal (COLUMNS still wins when set).
 _WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160
-out = Console(soft_wrap=True, width=_WIDTH)
-err = Console(stderr=True, soft_wrap=True)
+
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """Leave a reader that has gone to :func:`handle_errors` (rich would exit with code 1)."""
+        self.quiet = True
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+
+out = _Console(soft_wrap=True, width=_WIDTH)
+err = _Console(stderr=True, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -142,7 +152,9 @@ def handle_errors(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            sys.stdout.flush()  # a reader that has gone shows here, not in Python's flush at exit
+            return result
         except DataError as exc:
             _print_problems(exc.problems)
             n_errors = sum(p.severity == "error" for p in exc.problems)
@@ -158,6 +170,12 @@ def handle_errors(fn: F) -> F:
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except typer.Exit:
             raise
+        except BrokenPipeError:
+            # Whoever read the output has gone (`clvtier validate DATA | head`): stop quietly, as
+            # other command-line tools do, and spare Python's flush of stdout at exit a second error.
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(EXIT_BROKEN_PIPE) from None
         except OSError as exc:
             code = errno.ENOSPC if exc.errno is None and "No space left" in str(exc) else exc.errno
             if code not in WRITE_FIXES:

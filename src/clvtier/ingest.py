@@ -22,7 +22,7 @@ import re
 import tempfile
 import tomllib
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -560,17 +560,48 @@ def _check_header(name: str, src: TableSource, text: str) -> None:
             )
 
 
-def _first_bad_record(text: str, delimiter: str, complete: bool = True, header: bool = True) -> str | None:
+def csv_parse_error(src: TableSource, exc: BaseException) -> InputError | None:
+    """DuckDB's error about a malformed CSV record, located in the whole file; None for other errors.
+
+    DuckDB checks the records it samples when the file is registered and the rest when a
+    query first reads them (validation's first scan), so a bad record past the sample
+    surfaces there.
+    """
+    if src.format != "csv" or "CSV Error" not in str(exc):
+        return None
+    import gzip
+
+    where = None
+    try:
+        with open(src.path, "rb") as probe:
+            gzipped = probe.read(2) == b"\x1f\x8b"
+        with (gzip.open if gzipped else open)(src.path, "rt", encoding="utf-8-sig", errors="replace",
+                                              newline="") as lines:
+            where = _first_bad_record(lines, src.delimiter, header=src.header)
+    except (OSError, EOFError):
+        pass  # DuckDB's own words below
+    return InputError(
+        f"the file cannot be parsed as CSV ({where or _csv_error(exc)}).",
+        "Check quoting and that every row has as many fields as the header "
+        "(a title, total or footer line is a row too: remove it).",
+    )
+
+
+def _first_bad_record(text: str | Iterable[str], delimiter: str, complete: bool = True,
+                      header: bool = True) -> str | None:
     """Where the first malformed record of ``text`` starts, in words; None if none is found.
 
-    ``complete`` is False when ``text`` is only the head of the file: its last, cut line is
-    left out, and a quoted field still open at its end is not an error.
+    ``text`` is the file's text or its lines (an open file). ``complete`` is False when
+    ``text`` is only the head of the file: its last, cut line is left out, and a quoted
+    field still open at its end is not an error.
     """
     if len(delimiter) != 1:
         return None
-    if not complete:
-        text = text[: text.rfind("\n") + 1]
-    reader = csv.reader(io.StringIO(text), delimiter=delimiter, strict=True)
+    if isinstance(text, str):
+        if not complete:
+            text = text[: text.rfind("\n") + 1]
+        text = io.StringIO(text)
+    reader = csv.reader(text, delimiter=delimiter, strict=True)
     width = None
     start = 1
     try:

@@ -28,7 +28,7 @@ import ibis.expr.types as ir
 
 from clvtier.errors import DataError, Problem
 from clvtier.features import AMOUNT_LIMIT
-from clvtier.ingest import RawTables, TableSource, load_tables, spreadsheet_hint
+from clvtier.ingest import RawTables, TableSource, csv_parse_error, load_tables, spreadsheet_hint
 from clvtier.schema import DATE_PATTERNS as _DATE_PATTERNS
 from clvtier.schema import RESPONSE_NO, RESPONSE_YES, TABLES, Column
 
@@ -187,7 +187,14 @@ class _TableCheck:
     def run(self) -> ir.Table | None:
         if not self._check_columns():
             return None
-        stats = self._stats()
+        try:
+            stats = self._stats()  # the first query that reads every record
+        except Exception as exc:  # duckdb raises several error types for malformed CSV
+            error = csv_parse_error(self.src, exc)
+            if error is None:
+                raise
+            self.problem("error", error.message.rstrip("."), error.fix, code="unreadable")
+            return None
         # Text columns without a blank value or surrounding whitespace are read as they are
         # by every later query, without the trim.
         self.clean = {c for c in self.raw.columns if stats.get(f"padded_{c}") == 0}
