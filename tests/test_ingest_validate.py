@@ -230,6 +230,22 @@ ERROR_CASES: dict[str, ErrorCase] = {
         f"a quoted field starting on line {len(LONG_TX.splitlines()) + 1} is not closed",
         "every row has as many fields as the header",
     ),
+    "two-digit-years": ErrorCase(
+        # DuckDB alone reads 10/01/23 as the year 10 and 23-03-01 as the year 23
+        tx_and("transactions", TX.replace("2023-01-10", "10/01/23").replace("2023-03-01,50", "23-03-01,50")),
+        "parse", "transactions_final.csv", "2 value(s) do not parse as dates (YYYY-MM-DD)", "a four-digit year",
+        column="transaction_date", count=2, rows=(2, 3),
+    ),
+    "placeholder-customer-ids": ErrorCase(
+        tx_and("transactions", TX.replace("\n7,2,", "\n7,NULL,").replace("\n9,5,", "\n9,\\N,")),
+        "placeholder_key", "transactions_final.csv", "2 row(s) have a customer_id that stands for no value",
+        "Fill in customer_id or drop those rows", column="customer_id", count=2, rows=(8, 10),
+    ),
+    "counts-too-large": ErrorCase(
+        tx_and("engagements", TINY["engagements"].replace("3,10,5,1", "3,1e200,5,1")), "value_too_large",
+        "engagements_final.csv", "1 value(s) are 1e+14 or more in absolute value", "Check the export of",
+        column="number_of_site_visits", count=1, rows=(4,),
+    ),
     "binary-file": ErrorCase(
         tx_and("transactions", bytes(range(256)) * 8), "unreadable", "transactions_final.csv",
         "the file is binary or UTF-16 encoded, not UTF-8 text", "Save the table as UTF-8 CSV",
@@ -431,6 +447,20 @@ WARNING_CASES: dict[str, WarningCase] = {
          "customers": TINY["customers"]},
         "no_common_customers", "transactions", "customer_id", 12,
         "transactions_final.csv has ids such as '1.0', customers_final.csv has ids such as '1'",
+    ),
+    "negative-counts": WarningCase(
+        {"transactions": TX, "engagements": TINY["engagements"].replace("3,10,5,1", "3,10,5,-1")},
+        "negative_count", "engagements", "number_of_clicks", 1, "1 negative count(s); kept as they are", rows=(4,),
+    ),
+    "ages-out-of-range": WarningCase(
+        {"transactions": TX, "customers": TINY["customers"].replace("45.0", "450").replace("50.0", "-3")},
+        "odd_age", "customers", "age", 2, "2 age(s) outside 0-120", rows=(4, 5),
+    ),
+    "offers-of-no-known-customer": WarningCase(
+        # without a customers table, customers are known from the transactions
+        {"transactions": TX, "marketing": customer_ids(TINY["marketing"], ["00001"] * 3 + ["00002", "00003", "00005"])},
+        "no_common_customers", "marketing", "customer_id", 6,
+        "marketing_final.csv has ids such as '00001', transactions_final.csv has ids such as '1'",
     ),
     "offers-after-as-of": WarningCase(
         {"transactions": TX, "marketing": TINY["marketing"]}, "future_date", "marketing", "campaign_date", 1,

@@ -397,7 +397,7 @@ def _errors(name: str, src: TableSource, stats: dict[str, Any]) -> list[Problem]
                                "Replace them with real amounts or drop those rows.", file=file,
                                column=col.name, count=nonfinite, code="non_finite"))
         if huge := int(stats.get(f"huge_{col.name}") or 0):
-            out.append(too_large(name, huge, file))
+            out.append(too_large(name, huge, file, column=col.name))
     key = contract.key
     if key and "n_key" in stats:
         dupes = int(stats["n_key"]) - int(stats["n_distinct_key"])

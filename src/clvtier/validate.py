@@ -33,6 +33,10 @@ from clvtier.schema import DATE_PATTERNS as _DATE_PATTERNS
 from clvtier.schema import RESPONSE_NO, RESPONSE_YES, TABLES, Column
 
 _FIRST_ROWS = 5
+#: How exports write a missing id as text; an id spelled so is no customer.
+ID_PLACEHOLDERS = ("NULL", "null", "Null", "\\N", "N/A", "n/a", "#N/A", "NA", "NaN", "nan", "None", "none", "-", "?")
+#: Ages outside this range are reported (kept as they are).
+AGE_RANGE = (0, 120)
 _FIRST_DAY = ibis.literal(dt.date(1, 1, 1))
 _LAST_DAY = ibis.literal(dt.date(9999, 12, 31))
 
@@ -85,11 +89,20 @@ class Dataset:
         return self.summary["transactions"]["first_date"]
 
 
-def too_large(table: str, count: int, file: str, rows: tuple[int, ...] = ()) -> Problem:
-    """The error for amounts at or beyond :data:`clvtier.features.AMOUNT_LIMIT` (features sum amounts exactly)."""
-    return Problem("error", table, f"{count:,} amount(s) are {AMOUNT_LIMIT:.0e} or more in absolute value",
-                   "Check the column's unit (amounts are money, not money times a scale) or drop those rows.",
-                   file=file, column="transaction_amount", count=count, rows=rows, code="amount_too_large")
+def too_large(table: str, count: int, file: str, rows: tuple[int, ...] = (),
+              column: str = "transaction_amount") -> Problem:
+    """The error for numbers at or beyond :data:`clvtier.features.AMOUNT_LIMIT`.
+
+    Features sum amounts exactly (:data:`clvtier.features.MONEY`), and models cannot take
+    counts or ages that large either (scikit-learn refuses what overflows float32).
+    """
+    if column == "transaction_amount":
+        return Problem("error", table, f"{count:,} amount(s) are {AMOUNT_LIMIT:.0e} or more in absolute value",
+                       "Check the column's unit (amounts are money, not money times a scale) or drop those rows.",
+                       file=file, column=column, count=count, rows=rows, code="amount_too_large")
+    return Problem("error", table, f"{count:,} value(s) are {AMOUNT_LIMIT:.0e} or more in absolute value",
+                   f"Check the export of {column} (no count or age is that large) or drop those rows.",
+                   file=file, column=column, count=count, rows=rows, code="value_too_large")
 
 
 def load(source: Any, con: Any | None = None, as_of: dt.date | None = None) -> Dataset:
@@ -308,8 +321,11 @@ class _TableCheck:
                 aggs[f"nonfinite_{col.name}"] = (v.notnull() & ~finite).sum()
                 aggs[f"neg_{col.name}"] = (finite & (v < 0)).sum()
                 aggs[f"zero_{col.name}"] = (finite & (v == 0)).sum()
-                if col.name == "transaction_amount":  # summed exactly as features.MONEY
-                    aggs[f"huge_{col.name}"] = (finite & (v.abs() >= AMOUNT_LIMIT)).sum()
+                aggs[f"huge_{col.name}"] = (finite & (v.abs() >= AMOUNT_LIMIT)).sum()
+                if col.name == "age":
+                    aggs["odd_age"] = (finite & ~v.between(*AGE_RANGE)).sum()
+            if col.kind == "id" and not _never_blank(r):  # typed columns have no text placeholders
+                aggs[f"placeholder_{col.name}"] = v.isin(ID_PLACEHOLDERS).sum()
             if col.kind == "response":
                 # A boolean or 1/0 column is never spelled Yes/No: every value is normalised.
                 canon = r.strip().isin(["Yes", "No"]) if r.type().is_string() else ibis.literal(False)
@@ -368,6 +384,15 @@ class _TableCheck:
                 column=name, count=bad, rows=rows, code="parse",
             )
         nulls = int(stats.get(f"null_{name}", 0) or 0)
+        placeholders = int(stats.get(f"placeholder_{name}", 0) or 0)
+        if placeholders:
+            rows = self._first_lines(lambda t: t[f"__typed_{name}"].isin(ID_PLACEHOLDERS))
+            self.problem(
+                "error", f"{placeholders:,} row(s) have a {name} that stands for no value "
+                f"(such as NULL, \\N or N/A)",
+                f"Fill in {name} or drop those rows (the export wrote missing ids as text).", column=name,
+                count=placeholders, rows=rows, code="placeholder_key",
+            )
         if nulls and (col.kind == "id" or col.required):
             rows = self._first_lines(lambda t: _as_text(t[name]).strip().length().fill_null(0) == 0)
             self.problem(
@@ -395,7 +420,7 @@ class _TableCheck:
         huge = int(stats.get(f"huge_{name}", 0) or 0)
         if huge:
             rows = self._first_lines(lambda t: t[f"__typed_{name}"].abs() >= AMOUNT_LIMIT)
-            self.problems.append(too_large(self.name, huge, str(self.src.path), rows))
+            self.problems.append(too_large(self.name, huge, str(self.src.path), rows, column=name))
         future = int(stats.get(f"future_{name}", 0) or 0)
         if future:
             self.problem(
@@ -429,6 +454,23 @@ class _TableCheck:
         )
 
     def _check_specific(self, stats: dict[str, Any], typed: ir.Table) -> None:
+        if self.name == "engagements":
+            for col in self.contract.columns:
+                neg = int(stats.get(f"neg_{col.name}", 0) or 0)
+                if col.kind == "count" and neg:
+                    rows = self._first_lines(lambda t, c=col.name: t[f"__typed_{c}"] < 0)
+                    self.problem(
+                        "warning", f"{neg:,} negative count(s); kept as they are",
+                        "Check the export: counts are never negative (leave an unknown count empty).",
+                        column=col.name, count=neg, rows=rows, code="negative_count",
+                    )
+        if odd := int(stats.get("odd_age", 0) or 0):
+            rows = self._first_lines(lambda t: ~t["__typed_age"].between(*AGE_RANGE))
+            self.problem(
+                "warning", f"{odd:,} age(s) outside {AGE_RANGE[0]}-{AGE_RANGE[1]}; kept as they are",
+                "Check the export of age (years), or leave unknown ages empty.",
+                column="age", count=odd, rows=rows, code="odd_age",
+            )
         if self.name == "transactions":
             neg = int(stats.get("neg_transaction_amount", 0) or 0)
             zero = int(stats.get("zero_transaction_amount", 0) or 0)
@@ -448,27 +490,35 @@ class _TableCheck:
 
 
 def _cross_checks(con: Any, typed: dict[str, ir.Table], sources: dict[str, TableSource]) -> list[Problem]:
+    """Whether the tables join: rows of customers that are not known, and ids written differently.
+
+    Customers are known from the customers table, or from the transactions without one.
+    """
     out: list[Problem] = []
-    cust = typed.get("customers")
-    if typed.get("transactions") is None or cust is None:
+    tx, cust = typed.get("transactions"), typed.get("customers")
+    if tx is None:
         return out
-    known = cust.select("customer_id", __known=ibis.literal(True))
+    base = "customers" if cust is not None else "transactions"
+    known_ids = cust if cust is not None else tx.select("customer_id").distinct()
+    known = known_ids.select(__id=known_ids.customer_id, __known=ibis.literal(True))
     for name in ("transactions", "marketing", "engagements"):
         t = typed.get(name)
-        if t is None:
+        if t is None or name == base:
             continue
         counts = _transaction_counts(con, t, known) if name == "transactions" else _orphan_counts(con, t, known)
         rows = int(counts["rows"] or 0)
-        if name == "transactions" and rows and not int(counts["matched"] or 0):
-            out.append(_no_common_customers(con, t, cust, sources, rows))
-            continue
-        if rows:
+        if rows and not int(counts["matched"] or 0):
+            out.append(_no_common_customers(con, name, t, base, typed[base], sources, rows))
+        elif rows:
+            whose = ("whose customer_id is not in customers; kept (known from their own rows)" if base == "customers"
+                     else "who have no transactions; not used (customers are known from their transactions)")
             out.append(
                 Problem(
                     "warning", name,
-                    f"{rows:,} row(s) of {int(counts['customers']):,} customer(s) "
-                    "whose customer_id is not in customers; kept (known from their own rows)",
-                    "Add those customers to the customers table to get their profile features.",
+                    f"{rows:,} row(s) of {int(counts['customers']):,} customer(s) {whose}",
+                    (f"Add those customers to the {base} table, " if base == "customers" else "Nothing to do if "
+                     "they never bought; otherwise ")
+                    + f"write their ids as the {base} table does (1, 1.0 and 00001 are different ids).",
                     file=str(sources[name].path), column="customer_id",
                     count=rows, code="orphan",
                 )
@@ -486,34 +536,38 @@ def _cross_checks(con: Any, typed: dict[str, ir.Table], sources: dict[str, Table
     return out
 
 
-def _no_common_customers(
-    con: Any, tx: ir.Table, cust: ir.Table, sources: dict[str, TableSource], rows: int
-) -> Problem:
-    """The warning when no transaction belongs to a known customer: the tables do not join.
+def _no_common_customers(con: Any, name: str, t: ir.Table, base: str, known: ir.Table,
+                         sources: dict[str, TableSource], rows: int) -> Problem:
+    """The warning when no row of ``t`` belongs to a known customer: the tables do not join.
 
     Almost always the ids are written differently in the two files (``1.0`` and ``1``,
     ``00001`` and ``1``) or the files come from different data sets; one example id of each
     side shows which. A warning, not an error: a small or partial extract can have no
     customer in common by chance, and every customer is still known from its own rows.
     """
-    tx_id = con.execute(tx.customer_id.min())
-    cust_id = con.execute(cust.customer_id.min())
-    tx_file, cust_file = sources["transactions"].path, sources["customers"].path
+    its_id = con.execute(t.customer_id.min())
+    known_id = con.execute(known.customer_id.min())
+    file, known_file = Path(sources[name].path), Path(sources[base].path)
+    kept = ("kept, but no customer gets both its profile and its purchases" if base == "customers"
+            else "no customer gets these features")
     return Problem(
-        "warning", "transactions",
-        f"none of the {rows:,} transaction(s) has a customer_id of the customers table {cust_file}: "
-        f"{Path(tx_file).name} has ids such as {tx_id!r}, {Path(cust_file).name} has ids such as {cust_id!r}; "
-        "kept, but no customer gets both its profile and its purchases",
+        "warning", name,
+        f"none of the {rows:,} row(s) has a customer_id of the {base} table {known_file}: "
+        f"{file.name} has ids such as {its_id!r}, {known_file.name} has ids such as {known_id!r}; {kept}",
         "Write the customer ids the same way in both files (1, 1.0 and 00001 are different ids), "
-        "or leave the customers file out if it belongs to other data.",
-        file=str(tx_file), column="customer_id", count=rows, code="no_common_customers",
+        f"or leave the {name} file out if it belongs to other data.",
+        file=str(file), column="customer_id", count=rows, code="no_common_customers",
     )
 
 
 def _orphan_counts(con: Any, t: ir.Table, known: ir.Table) -> Any:
-    """Rows of ``t`` whose customer is not ``known``, and how many customers they hold."""
-    orphans = t.anti_join(known, "customer_id")
-    return con.execute(orphans.aggregate(rows=orphans.count(), customers=orphans.customer_id.nunique())).iloc[0]
+    """Rows of ``t`` whose customer is not ``known``, how many customers they hold, and the
+    rows whose customer is (``matched``)."""
+    j = t.left_join(known, t.customer_id == known["__id"])
+    orphan = j["__known"].isnull()
+    return con.execute(j.aggregate(
+        rows=orphan.sum(), customers=j.customer_id.nunique(where=orphan), matched=(~orphan).sum(),
+    )).iloc[0]
 
 
 def _transaction_counts(con: Any, tx: ir.Table, known: ir.Table) -> Any:
@@ -524,7 +578,7 @@ def _transaction_counts(con: Any, tx: ir.Table, known: ir.Table) -> Any:
     all three; an anti-join each way would read the transactions twice.
     """
     per = tx.group_by("customer_id").aggregate(__rows=tx.count())
-    j = per.outer_join(known, "customer_id")
+    j = per.outer_join(known, per.customer_id == known["__id"])
     orphan = j["__known"].isnull()
     return con.execute(j.aggregate(
         rows=ibis.ifelse(orphan, j["__rows"], 0).sum(),
@@ -688,8 +742,10 @@ def _parse_date(s: ir.StringValue, date_format: str | None) -> ir.DateValue:
     if not date_format or date_format in ("%Y-%m-%d", "iso"):
         # DuckDB also casts 'epoch', 'infinity' and years past 9999 or BC: a date starts
         # with a digit and lies in years 1-9999 (what Python and pandas can hold).
-        first = s.left(1)
-        d = ibis.ifelse((first >= "0") & (first <= "9"), s, ibis.null("string")).try_cast("date")
+        # A year has four digits: DuckDB would read '19/05/20' or '23-05-01' as years 19 and 23.
+        first, fifth = s.left(1), s.substr(4, 1)
+        d = ibis.ifelse((first >= "0") & (first <= "9") & ((fifth == "-") | (fifth == "/")), s,
+                        ibis.null("string")).try_cast("date")
         return ibis.ifelse(d.between(_FIRST_DAY, _LAST_DAY), d, ibis.null("date"))
     pattern, (y, m, d) = _DATE_PATTERNS[date_format]
     iso = (
@@ -712,7 +768,7 @@ def _kind_label(col: Column, date_format: str | None) -> str:
 def _parse_fix(col: Column) -> str:
     if col.kind == "date":
         return (
-            "Write dates as YYYY-MM-DD, or give date_format in a mapping file "
+            "Write dates as YYYY-MM-DD (a four-digit year), or give date_format in a mapping file "
             f"(one of {sorted(_DATE_PATTERNS)}; docs/mapping.md)."
         )
     if col.kind == "response":
