@@ -127,6 +127,13 @@ ERROR_CASES: dict[str, ErrorCase] = {
         "parse", "transactions_final.csv", "2 value(s) do not parse as numbers",
         "dot as decimal separator", column="transaction_amount", count=2, rows=(5, 7),
     ),
+    "line-numbers-past-quoted-line-breaks-and-blank-lines": ErrorCase(
+        # the 5th record starts on line 8: one quoted line break and one blank line come before it
+        tx_and("transactions", TX.replace("100.0,Electronics", '100.0,"Electronics\nand more"')
+               .replace("30.0,Electronics\n", "30.0,Electronics\n\n").replace("60.0", "sixty")),
+        "parse", "transactions_final.csv", "1 value(s) do not parse as numbers",
+        "dot as decimal separator", column="transaction_amount", count=1, rows=(8,),
+    ),
     "unparsable-counts": ErrorCase(
         tx_and("engagements", TINY["engagements"].replace("10,5,1", "10,5,1.2.3")),
         "parse", "engagements_final.csv", "1 value(s) do not parse as numbers",

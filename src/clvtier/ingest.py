@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 
 import ibis
 import pandas as pd
@@ -560,6 +560,17 @@ def _check_header(name: str, src: TableSource, text: str) -> None:
             )
 
 
+def open_text(path: Path) -> TextIO:
+    """A text file for reading as the CSV reader does: gzip by its content, UTF-8 with or without a BOM."""
+    import gzip
+
+    with open(path, "rb") as probe:
+        gzipped = probe.read(2) == b"\x1f\x8b"
+    if gzipped:
+        return gzip.open(path, "rt", encoding="utf-8-sig", errors="replace", newline="")
+    return open(path, encoding="utf-8-sig", errors="replace", newline="")
+
+
 def csv_parse_error(src: TableSource, exc: BaseException) -> InputError | None:
     """DuckDB's error about a malformed CSV record, located in the whole file; None for other errors.
 
@@ -569,14 +580,9 @@ def csv_parse_error(src: TableSource, exc: BaseException) -> InputError | None:
     """
     if src.format != "csv" or "CSV Error" not in str(exc):
         return None
-    import gzip
-
     where = None
     try:
-        with open(src.path, "rb") as probe:
-            gzipped = probe.read(2) == b"\x1f\x8b"
-        with (gzip.open if gzipped else open)(src.path, "rt", encoding="utf-8-sig", errors="replace",
-                                              newline="") as lines:
+        with open_text(src.path) as lines:
             where = _first_bad_record(lines, src.delimiter, header=src.header)
     except (OSError, EOFError):
         pass  # DuckDB's own words below

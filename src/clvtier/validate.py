@@ -18,6 +18,7 @@ Handling of what is accepted with a warning (also in the README):
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ import ibis.expr.types as ir
 
 from clvtier.errors import DataError, Problem
 from clvtier.features import AMOUNT_LIMIT
-from clvtier.ingest import RawTables, TableSource, csv_parse_error, load_tables, spreadsheet_hint
+from clvtier.ingest import RawTables, TableSource, csv_parse_error, load_tables, open_text, spreadsheet_hint
 from clvtier.schema import DATE_PATTERNS as _DATE_PATTERNS
 from clvtier.schema import RESPONSE_NO, RESPONSE_YES, TABLES, Column
 
@@ -189,6 +190,7 @@ class _TableCheck:
         self.problems: list[Problem] = []
         self.clean: set[str] = set()
         self.summary: dict[str, Any] = {}
+        self._one_line_records: bool | None = None
 
     def problem(self, severity: str, message: str, fix: str, column: str | None = None,
                 count: int = 0, rows: tuple[int, ...] = (), code: str = "") -> None:
@@ -363,7 +365,44 @@ class _TableCheck:
         typed_cols = _typed_columns(t, self.contract, self.src.date_format)
         t = t.mutate(**typed_cols)
         hits = t.filter(condition_of(t)).select("__line").order_by("__line").limit(_FIRST_ROWS)
-        return tuple(int(x) for x in self.con.execute(hits)["__line"].tolist())
+        return self._file_lines(tuple(int(x) for x in self.con.execute(hits)["__line"].tolist()))
+
+    def _file_lines(self, lines: tuple[int, ...]) -> tuple[int, ...]:
+        """The lines of the file where these records start, counted as if each record were one line.
+
+        A quoted line break or a blank line puts the later records further down the file.
+        Counting the file's line breaks tells whether there are any; only then is the file
+        read record by record, up to the last one asked for.
+        """
+        src = self.src
+        if not lines or src.format != "csv" or len(src.delimiter) != 1:
+            return lines
+        try:
+            if self._one_line_records is None:
+                with open_text(src.path) as fh:
+                    breaks, last = 0, ""
+                    for block in iter(lambda: fh.read(1 << 20), ""):
+                        breaks += block.count("\n")
+                        last = block[-1]
+                n_lines = breaks + (last not in ("\n", ""))
+                self._one_line_records = n_lines == self.summary["rows"] + src.first_data_line - 1
+            if self._one_line_records:
+                return lines
+            wanted, found = set(lines), {}
+            with open_text(src.path) as fh:
+                reader = csv.reader(fh, delimiter=src.delimiter)
+                record, start = 0, 1  # records numbered as lines: the header (if any) is 1
+                for row in reader:
+                    if row:
+                        record += 1
+                        if record in wanted:
+                            found[record] = start
+                            if len(found) == len(wanted):
+                                break
+                    start = reader.line_num + 1
+        except (OSError, EOFError, csv.Error):
+            return lines
+        return tuple(found.get(line, line) for line in lines)
 
     def _check_parse(self, col: Column, stats: dict[str, Any], typed: ir.Table) -> None:
         name = col.name
