@@ -22,7 +22,7 @@ import re
 import tempfile
 import tomllib
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +35,7 @@ from clvtier.schema import DATE_PATTERNS, EXTENSIONS, TABLES
 
 _SNIFF_BYTES = 1 << 20
 _DELIMITERS = (",", ";", "\t", "|")
+_ALL_COLUMNS = tuple(dict.fromkeys(c for table in TABLES.values() for c in table.column_names))
 
 
 @dataclass(frozen=True)
@@ -404,14 +405,14 @@ def load_tables(
         return raw
     for name, src in sources.items():
         try:
-            table = _read(con, name, src)
+            table = _rename(_read(con, name, src), src, name)
         except InputError as exc:
             raw.problems.append(
                 Problem("error", name, exc.message.rstrip("."), exc.fix, file=str(src.path),
                         column=getattr(exc, "column", None), code=getattr(exc, "code", "unreadable"))
             )
             continue
-        raw.tables[name] = _rename(table, src)
+        raw.tables[name] = table
     return raw
 
 
@@ -432,12 +433,16 @@ def _read(con: Any, name: str, src: TableSource) -> ibis.Table:
         raise InputError("the file is empty (0 bytes).", "Export the table again, with a header.")
     if src.format == "parquet":
         try:
-            return con.read_parquet(src.path, table_name=f"raw_{name}")
+            table = con.read_parquet(src.path, table_name=f"raw_{name}")
+            written = _parquet_names(src.path)
         except Exception as exc:  # DuckDB raises many types for corrupt Parquet
             raise InputError(
                 f"not a readable Parquet file ({_first_line(exc)}).",
                 "Export the table again as Parquet or as CSV.",
             ) from None
+        # The names as written: DuckDB renames the second of two that differ in case only (x, X_1).
+        _contract_columns(written, src, name)
+        return table
     text = _decode_head(head, src)
     if src.delimiter == "whitespace":
         return _read_whitespace(con, name, src)
@@ -489,7 +494,7 @@ def _decode_head(head: bytes, src: TableSource) -> str:
 
 
 class _HeaderError(InputError):
-    """A problem with the header of a text file, about one contract column."""
+    """A problem with the column names of a table, about the contract column(s) ``column``."""
 
     def __init__(self, message: str, fix: str, column: str, code: str) -> None:
         super().__init__(message, fix)
@@ -532,10 +537,10 @@ def _read_csv(
 
 
 def _check_header(name: str, src: TableSource, text: str) -> None:
-    """Refuse a header in which two columns name the same contract column.
+    """Check the header of a text file as written (see :func:`_contract_columns`).
 
-    DuckDB would rename the second one (``amount_1``) or :func:`_rename` would keep the
-    exact name: either way one of the two columns would be dropped without a word.
+    DuckDB renames the second of two equal names (``amount_1``): the duplicate would then
+    be dropped without a word.
     """
     if len(src.delimiter) != 1:
         return
@@ -543,21 +548,55 @@ def _check_header(name: str, src: TableSource, text: str) -> None:
         header = next(csv.reader(io.StringIO(text), delimiter=src.delimiter), [])
     except csv.Error:
         return  # DuckDB reports the malformed header
-    reverse = {v: k for k, v in src.columns.items()}
+    _contract_columns(header, src, name)
+
+
+def _parquet_names(path: Path) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return list(pq.read_schema(path).names)
+
+
+def _contract_columns(columns: Sequence[str], src: TableSource, name: str | None) -> dict[str, str]:
+    """Contract column -> the column of ``columns`` it is read from.
+
+    An explicit ``[<table>.columns]`` entry comes first and shadows every other column of that
+    contract name; the other contract columns are matched by normalised name (see :func:`_normalise`).
+    ``name`` is the contract table; None matches the columns of every table.
+
+    Raises
+    ------
+    InputError
+        When two columns name one contract column.
+    """
+    wanted = TABLES[name].column_names if name else _ALL_COLUMNS
+    chosen: dict[str, str] = {}
+    for target, col in src.columns.items():
+        # DuckDB drops the blanks around a CSV header's names.
+        found = next((c for c in columns if c == col), None) or next(
+            (c for c in columns if c.strip() == col.strip()), None)
+        if found is not None:
+            chosen[target] = found
     by_target: dict[str, list[str]] = {}
-    for col in header:
-        by_target.setdefault(reverse.get(col) or _normalise(col), []).append(col)
-    for target in TABLES[name].column_names:
-        found = by_target.get(target, [])
-        if len(found) > 1:
-            names = ", ".join(repr(c) for c in found)
+    for col in columns:
+        target = _normalise(col)
+        if target in wanted and target not in chosen and col not in chosen.values():
+            by_target.setdefault(target, []).append(col)
+    for target in wanted:
+        hits = by_target.get(target, [])
+        if len(hits) > 1:
+            names = ", ".join(repr(c) for c in hits)
             raise _HeaderError(
-                f"the header has {len(found)} columns that name {target} ({names})",
+                f"the {'header' if src.format == 'csv' else 'table'} has {len(hits)} columns that name {target} "
+                f"({names})",
                 "Rename or remove the duplicate columns so that each contract column appears once "
                 "(or map one of them explicitly in a mapping file, docs/mapping.md).",
                 column=target,
                 code="duplicate_column",
             )
+        if hits:
+            chosen[target] = hits[0]
+    return chosen
 
 
 def _first_bad_record(text: str, delimiter: str, complete: bool = True, header: bool = True) -> str | None:
@@ -627,21 +666,22 @@ def _read_duckdb(con: Any, name: str, src: TableSource) -> ibis.Table:
         ) from None
 
 
-def _rename(table: ibis.Table, src: TableSource) -> ibis.Table:
-    """Map file columns to contract columns: explicit mapping, then normalised names."""
-    renames: dict[str, str] = {}
-    reverse = {v: k for k, v in src.columns.items()}
-    for col in table.columns:
-        target = reverse.get(col) or _normalise(col)
-        if target != col and target not in table.columns and target not in renames.values():
-            renames[target] = col
-    return table.rename(renames) if renames else table
+def _rename(table: ibis.Table, src: TableSource, name: str | None = None) -> ibis.Table:
+    """Name the contract columns of ``table`` as the contract does (see :func:`_contract_columns`).
+
+    Columns that an explicit entry shadows are dropped; the columns outside the contract keep
+    the names of the file.
+    """
+    chosen = {col: target for target, col in _contract_columns(table.columns, src, name).items()}
+    wanted = TABLES[name].column_names if name else _ALL_COLUMNS
+    kept = [col for col in table.columns if col in chosen or _normalise(col) not in wanted]
+    if kept == list(table.columns) and all(chosen[col] == col for col in chosen):
+        return table
+    return table.select(*(table[col].name(chosen.get(col, col)) for col in kept))
 
 
 def _normalise(name: str) -> str:
-    # Tabs are kept: a header that is one field holding tabs must stay recognisable as
-    # tab-separated (see the delimiter hint of validate).
-    return "_".join(part for part in re.split(r"[^\S\t]|-", name.strip().lower()) if part)
+    return "_".join(part for part in re.split(r"\s|-", name.strip().lower()) if part)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,0 +1,116 @@
+"""Column names: an explicit mapping entry comes first, and two columns for one contract column are
+refused in every format."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pytest
+from conftest import TINY, TINY_AS_OF
+
+from clvtier.errors import DataError, Problem
+from clvtier.validate import load
+
+TX = TINY["transactions"]
+AMOUNTS = [100.0, 50.0, 30.0, 40.0, 60.0, 999.0, 200.0, 10.0, 25.0, 70.0, 80.0, 20.0]
+
+
+def tx_frame(**renames: str) -> pd.DataFrame:
+    """TINY's transactions as text, with a ``net_amount`` column (half the amount) and ``renames``."""
+    frame = pd.read_csv(io.StringIO(TX), dtype=str)
+    frame["net_amount"] = [f"{a / 2}" for a in AMOUNTS]
+    return frame.rename(columns=renames)
+
+
+def write_table(frame: pd.DataFrame, path: Path) -> Path:
+    """``frame`` as CSV, Parquet or a DuckDB table named ``orders``, by the suffix of ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".parquet":
+        frame.to_parquet(path, index=False)
+    elif path.suffix == ".duckdb":
+        with duckdb.connect(str(path)) as con:
+            con.register("frame", frame)
+            con.execute("CREATE TABLE orders AS SELECT * FROM frame")
+    else:
+        frame.to_csv(path, index=False)
+    return path
+
+
+def mapping(root: Path, data: str, columns: str = "", extra: str = "") -> Path:
+    """A mapping file of the transactions table in ``root``."""
+    table = '\ntable = "orders"' if data.endswith(".duckdb") else ""
+    text = f'[transactions]\npath = "{data}"{table}\n{extra}'
+    if columns:
+        text += f"[transactions.columns]\n{columns}\n"
+    (root / "shop.toml").write_text(text)
+    return root / "shop.toml"
+
+
+def only_error(exc: DataError) -> Problem:
+    errors = [p for p in exc.problems if p.severity == "error"]
+    assert len(errors) == 1, [p.describe() for p in errors]
+    return errors[0]
+
+
+def refused(source: Path) -> Problem:
+    with pytest.raises(DataError) as info:
+        load(source, as_of=TINY_AS_OF)
+    return only_error(info.value)
+
+
+def amounts(source: Path) -> list[float]:
+    ds = load(source, as_of=TINY_AS_OF)
+    frame = ds.con.execute(ds.tables["transactions"])
+    return frame.sort_values("transaction_id", key=lambda s: s.astype(int))["transaction_amount"].tolist()
+
+
+# -- an explicit entry comes first ----------------------------------------------------------------
+@pytest.mark.parametrize("data", ["orders.csv", "orders.parquet", "shop.duckdb"])
+def test_an_explicit_entry_comes_before_a_column_of_the_contract_name(data: str, tmp_path: Path) -> None:
+    """The file has transaction_amount (gross) and net_amount; the mapping picks net_amount."""
+    write_table(tx_frame(), tmp_path / data)
+    shop = mapping(tmp_path, data, 'transaction_amount = "net_amount"')
+    assert amounts(shop) == [a / 2 for a in AMOUNTS]
+
+
+@pytest.mark.parametrize("data", ["orders.csv", "orders.parquet"])
+def test_an_explicit_entry_comes_before_a_column_of_a_normalised_name(data: str, tmp_path: Path) -> None:
+    write_table(tx_frame(transaction_amount="Transaction Amount"), tmp_path / data)
+    shop = mapping(tmp_path, data, 'transaction_amount = "net_amount"')
+    assert amounts(shop) == [a / 2 for a in AMOUNTS]
+
+
+TWO_COLUMNS = {
+    "parquet-normalised": ("transactions.parquet", ("Transaction Amount", "TRANSACTION-AMOUNT")),
+    "parquet-exact-and-normalised": ("transactions.parquet", ("transaction_amount", "Transaction Amount")),
+    "parquet-case-only": ("transactions.parquet", ("transaction_amount", "TRANSACTION_AMOUNT")),
+    "duckdb": ("shop.duckdb", ("Transaction Amount", "transaction_amount")),
+}
+
+
+@pytest.mark.parametrize(("data", "names"), TWO_COLUMNS.values(), ids=TWO_COLUMNS.keys())
+def test_two_columns_for_one_contract_column_are_refused(data: str, names: tuple[str, str], tmp_path: Path) -> None:
+    """As in a CSV header: neither is picked silently (the last one used to win)."""
+    frame = tx_frame().drop(columns="net_amount").rename(columns={"transaction_amount": names[0]})
+    frame.insert(len(frame.columns), names[1], [f"{a * 100}" for a in AMOUNTS])
+    path = write_table(frame, tmp_path / "data" / data)
+    source = mapping(tmp_path, f"data/{data}") if data.endswith(".duckdb") else path.parent
+    problem = refused(source)
+    assert (problem.code, problem.column) == ("duplicate_column", "transaction_amount")
+    assert problem.message == f"the table has 2 columns that name transaction_amount ('{names[0]}', '{names[1]}')"
+    assert problem.fix.startswith("Rename or remove the duplicate columns")
+
+
+def test_columns_outside_the_contract_are_listed_as_the_file_names_them(tmp_path: Path) -> None:
+    write_table(tx_frame(customer_id="Client", transaction_amount="Total"), tmp_path / "transactions.csv")
+    problem = refused(tmp_path)
+    assert problem.code == "missing_column"
+    assert problem.message.startswith(
+        "missing required column(s) ['customer_id', 'transaction_amount']; found ['transaction_id', 'Client', "
+        "'transaction_date', 'Total', 'product_category', 'net_amount']"
+    )
+
+
