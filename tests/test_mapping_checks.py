@@ -1,21 +1,30 @@
-"""Column names: an explicit mapping entry comes first, and two columns for one contract column are
-refused in every format."""
+"""Column names: what a mapping names must exist, an explicit entry comes first, and two columns for
+one contract column are refused in every format."""
 
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import duckdb
 import pandas as pd
 import pytest
+from click.testing import Result
 from conftest import TINY, TINY_AS_OF
+from typer.testing import CliRunner
 
-from clvtier.errors import DataError, Problem
+from clvtier.cli import app
+from clvtier.errors import EXIT_BAD_INPUT, DataError, InputError, Problem
 from clvtier.validate import load
 
+AS_OF = TINY_AS_OF.isoformat()
 TX = TINY["transactions"]
 AMOUNTS = [100.0, 50.0, 30.0, 40.0, 60.0, 999.0, 200.0, 10.0, 25.0, 70.0, 80.0, 20.0]
+
+
+def cli(*args: str) -> Result:
+    return CliRunner().invoke(app, list(args))
 
 
 def tx_frame(**renames: str) -> pd.DataFrame:
@@ -65,6 +74,81 @@ def amounts(source: Path) -> list[float]:
     ds = load(source, as_of=TINY_AS_OF)
     frame = ds.con.execute(ds.tables["transactions"])
     return frame.sort_values("transaction_id", key=lambda s: s.astype(int))["transaction_amount"].tolist()
+
+
+# -- a mapped column must exist -------------------------------------------------------------------
+MISSING = {
+    "required-typo": ("orders.csv", {}, 'transaction_amount = "net_amout"', "transaction_amount", "net_amout",
+                      'transaction_amount = "net_amount"'),
+    "optional-typo": ("orders.csv", {"product_category": "Category"}, 'product_category = "Categry"',
+                      "product_category", "Categry", 'product_category = "Category"'),
+    "normalised-spelling": ("orders.csv", {"customer_id": "Client"}, 'customer_id = "client"', "customer_id",
+                            "client", 'customer_id = "Client"'),
+    "parquet": ("orders.parquet", {}, 'transaction_amount = "net_amout"', "transaction_amount", "net_amout",
+                'transaction_amount = "net_amount"'),
+    "duckdb": ("shop.duckdb", {}, 'transaction_amount = "net_amout"', "transaction_amount", "net_amout",
+               'transaction_amount = "net_amount"'),
+}
+
+
+@pytest.mark.parametrize(("data", "renames", "entry", "column", "value", "suggestion"), MISSING.values(),
+                         ids=MISSING.keys())
+def test_a_mapped_column_the_file_lacks_is_refused(
+    data: str, renames: dict[str, str], entry: str, column: str, value: str, suggestion: str, tmp_path: Path
+) -> None:
+    """Not ignored: the file's own column of that name (or none) would be read without a word."""
+    write_table(tx_frame(**renames), tmp_path / data)
+    shop = mapping(tmp_path, data, entry)
+    result = cli("validate", str(shop), "--json", "--as-of", AS_OF)
+    assert result.exit_code == EXIT_BAD_INPUT, result.output
+    [problem] = json.loads(result.stdout)["problems"]
+    assert problem["file"] == str(tmp_path / data)
+    assert problem["column"] == column
+    assert problem["message"].startswith(
+        f"{shop} maps {column} to '{value}' in [transactions.columns], but the file has no such column "
+        "(its columns: 'transaction_id', "
+    )
+    assert "'net_amount')" in problem["message"]
+    assert problem["fix"] == (
+        f"In [transactions.columns], write {suggestion} (the column name as the file writes it), "
+        "or remove the entry if the file has no such column."
+    )
+
+
+def test_every_missing_mapped_column_is_named_at_once(tmp_path: Path) -> None:
+    write_table(tx_frame(), tmp_path / "orders.csv")
+    shop = mapping(tmp_path, "orders.csv", 'transaction_amount = "net_amout"\nproduct_category = "zzz"')
+    problem = refused(shop)
+    assert problem.column == "transaction_amount, product_category"
+    assert problem.message.startswith(
+        f"{shop} maps transaction_amount to 'net_amout' and product_category to 'zzz' in [transactions.columns], "
+        "but the file has no such columns"
+    )
+    assert problem.fix == (
+        'In [transactions.columns], write transaction_amount = "net_amount" and product_category = one of the '
+        "file's columns (column names as the file writes them), or remove an entry if the file has no such column."
+    )
+
+
+def test_a_mapped_column_of_a_headerless_file_must_be_one_of_its_names(tmp_path: Path) -> None:
+    (tmp_path / "log.txt").write_text("1 2023-01-10 100.0\n2 2023-02-10 5.0\n")
+    shop = mapping(tmp_path, "log.txt", 'transaction_amount = "amount"',
+                   'delimiter = "whitespace"\nheader = false\n'
+                   'names = ["customer_id", "transaction_date", "value"]\n')
+    problem = refused(shop)
+    assert "maps transaction_amount to 'amount'" in problem.message
+    assert "(its columns: 'customer_id', 'transaction_date', 'value')" in problem.message
+
+
+def test_two_contract_columns_mapped_to_one_file_column_are_refused(tmp_path: Path) -> None:
+    write_table(tx_frame(customer_id="Client"), tmp_path / "orders.csv")
+    shop = mapping(tmp_path, "orders.csv", 'customer_id = "Client"\ntransaction_id = "Client"')
+    with pytest.raises(InputError) as info:
+        load(shop, as_of=TINY_AS_OF)
+    assert info.value.message == (
+        f"{shop}: section [transactions.columns] maps customer_id and transaction_id to the same column 'Client'."
+    )
+    assert info.value.fix == "Map each column of the file to one contract column."
 
 
 # -- an explicit entry comes first ----------------------------------------------------------------

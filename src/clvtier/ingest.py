@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import difflib
 import io
 import re
 import tempfile
@@ -59,6 +60,8 @@ class TableSource:
         ``strptime``-style format of the date columns (ISO when None).
     db_table : str or None
         Table name inside a DuckDB database.
+    mapping : Path or None
+        The mapping file that describes the table, if any.
     """
 
     path: Path
@@ -69,6 +72,7 @@ class TableSource:
     columns: dict[str, str] = field(default_factory=dict)
     date_format: str | None = None
     db_table: str | None = None
+    mapping: Path | None = None
 
     @property
     def first_data_line(self) -> int:
@@ -313,6 +317,15 @@ def read_mapping(path: Path) -> dict[str, TableSource]:
                 f"{path}: section [{name}.columns] maps unknown contract column(s) {bad_cols}.",
                 f"Map only {list(TABLES[name].column_names)}.",
             )
+        targets: dict[str, list[str]] = {}
+        for target, col in columns.items():
+            targets.setdefault(col, []).append(target)
+        shared = next(((col, t) for col, t in targets.items() if len(t) > 1), None)
+        if shared:
+            raise InputError(
+                f"{path}: section [{name}.columns] maps {' and '.join(shared[1])} to the same column '{shared[0]}'.",
+                "Map each column of the file to one contract column.",
+            )
         sources[name] = TableSource(
             path=file,
             format=fmt,
@@ -322,6 +335,7 @@ def read_mapping(path: Path) -> dict[str, TableSource]:
             columns=dict(columns),
             date_format=section.get("date_format"),
             db_table=section.get("table", name if fmt == "duckdb" else None),
+            mapping=path,
         )
     return sources
 
@@ -567,16 +581,21 @@ def _contract_columns(columns: Sequence[str], src: TableSource, name: str | None
     Raises
     ------
     InputError
-        When two columns name one contract column.
+        When a mapped column is not in ``columns``, or two columns name one contract column.
     """
     wanted = TABLES[name].column_names if name else _ALL_COLUMNS
     chosen: dict[str, str] = {}
+    missing: list[str] = []
     for target, col in src.columns.items():
         # DuckDB drops the blanks around a CSV header's names.
         found = next((c for c in columns if c == col), None) or next(
             (c for c in columns if c.strip() == col.strip()), None)
-        if found is not None:
+        if found is None:
+            missing.append(target)
+        else:
             chosen[target] = found
+    if missing:
+        raise _unmapped(missing, columns, src, name)
     by_target: dict[str, list[str]] = {}
     for col in columns:
         target = _normalise(col)
@@ -597,6 +616,36 @@ def _contract_columns(columns: Sequence[str], src: TableSource, name: str | None
         if hits:
             chosen[target] = hits[0]
     return chosen
+
+
+def _unmapped(targets: list[str], columns: Sequence[str], src: TableSource, name: str | None) -> InputError:
+    """The error for mapping entries that name columns the file does not have, with the likely ones."""
+    section = f"[{name}.columns]" if name else "the columns of the mapping"
+    entries = _listed([f"{t} to '{src.columns[t]}'" for t in targets], at_most=len(targets))
+    by_normal = {_normalise(c): c for c in reversed(columns)}
+    fixes = []
+    for target in targets:
+        close = difflib.get_close_matches(_normalise(src.columns[target]), list(by_normal), n=1)
+        fixes.append(f'{target} = "{by_normal[close[0]]}"' if close else f"{target} = one of the file's columns")
+    shown = ", ".join(repr(c) for c in columns[:30]) + (f" and {len(columns) - 30} more" if len(columns) > 30 else "")
+    one = len(targets) == 1
+    return _HeaderError(
+        f"{src.mapping or 'the mapping'} maps {entries} in {section}, but the file has no such "
+        f"column{'' if one else 's'} (its columns: {shown})",
+        f"In {section}, write {_listed(fixes, at_most=len(fixes))} "
+        + ("(the column name as the file writes it), or remove the entry" if one
+           else "(column names as the file writes them), or remove an entry")
+        + " if the file has no such column.",
+        column=", ".join(targets),
+        code="missing_column",
+    )
+
+
+def _listed(names: list[str], at_most: int = 4) -> str:
+    """``a``, ``a and b``, ``a, b and c``: the first ``at_most`` names, then how many more."""
+    if len(names) > at_most:
+        return f"{', '.join(names[:at_most])} and {len(names) - at_most} more"
+    return " and ".join([", ".join(names[:-1]), names[-1]]) if len(names) > 1 else names[0]
 
 
 def _first_bad_record(text: str, delimiter: str, complete: bool = True, header: bool = True) -> str | None:
