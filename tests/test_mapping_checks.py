@@ -1,5 +1,6 @@
-"""Column names: what a mapping names must exist, an explicit entry comes first, and two columns for
-one contract column are refused in every format."""
+"""Mapping files and column names: what a mapping names must exist, an explicit entry comes first,
+two columns for one contract column are refused in every format, and a mapping file's own mistakes
+are named."""
 
 from __future__ import annotations
 
@@ -196,5 +197,59 @@ def test_columns_outside_the_contract_are_listed_as_the_file_names_them(tmp_path
         "missing required column(s) ['customer_id', 'transaction_amount']; found ['transaction_id', 'Client', "
         "'transaction_date', 'Total', 'product_category', 'net_amount']"
     )
+
+
+# -- mapping files --------------------------------------------------------------------------------
+def test_a_mapping_file_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    write_table(tx_frame(), tmp_path / "orders.csv")
+    (tmp_path / "shop.toml").write_bytes(b'\xef\xbb\xbf[transactions]\r\npath = "orders.csv"\r\n')
+    assert amounts(tmp_path / "shop.toml") == AMOUNTS
+
+
+@pytest.mark.parametrize("delimiter", ['";;"', "'\\t'"], ids=["two-characters", "backslash-t"])
+def test_a_delimiter_of_other_than_one_character_is_refused(delimiter: str, tmp_path: Path) -> None:
+    write_table(tx_frame(), tmp_path / "orders.csv")
+    shop = mapping(tmp_path, "orders.csv", extra=f"delimiter = {delimiter}\n")
+    result = cli("validate", str(shop), "--json")
+    assert result.exit_code == EXIT_BAD_INPUT, result.output
+    report = json.loads(result.stdout)
+    assert report["error"].startswith(f"{shop}: section [transactions] has delimiter = ")
+    assert report["error"].endswith(", which is not one character.")
+    assert report["fix"] == (
+        'Write delimiter as one character in double quotes, such as ";", "\\t" (a tab) or "|", '
+        'or as "whitespace" for runs of blanks.'
+    )
+
+
+def test_an_empty_mapping_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "shop.toml").write_text("# nothing yet\n")
+    with pytest.raises(InputError) as info:
+        load(tmp_path / "shop.toml", as_of=TINY_AS_OF)
+    assert info.value.message == f"{tmp_path / 'shop.toml'}: the mapping file describes no table."
+    assert info.value.fix == 'Add a [transactions] section with path = "FILE" (docs/mapping.md).'
+
+
+NAMES = {
+    "csv-too-many": ("orders.csv", ",", 6, "remove 1 name from names"),
+    "csv-too-few": ("orders.csv", ",", 4, "add 1 name to names"),
+    "whitespace-too-many": ("orders.txt", "whitespace", 7, "remove 2 names from names"),
+    "whitespace-too-few": ("orders.txt", "whitespace", 3, "add 2 names to names"),
+}
+
+
+@pytest.mark.parametrize(("data", "delimiter", "count", "fix"), NAMES.values(), ids=NAMES.keys())
+def test_names_must_give_one_name_per_field(data: str, delimiter: str, count: int, fix: str, tmp_path: Path) -> None:
+    """Too many names was reported as a CSV sniffing error; too few dropped (or shifted) a column silently."""
+    frame = tx_frame().drop(columns="net_amount")
+    sep = " " if delimiter == "whitespace" else ","
+    frame["product_category"] = frame["product_category"].str.replace(" ", "_")
+    (tmp_path / data).write_text("\n" + frame.to_csv(index=False, header=False, sep=sep))
+    names = ["transaction_id", "customer_id", "transaction_date", "transaction_amount", "product_category",
+             "store", "till"][:count]
+    shop = mapping(tmp_path, data, extra=f'delimiter = "{delimiter}"\nheader = false\nnames = {json.dumps(names)}\n')
+    problem = refused(shop)
+    assert problem.code == "names"
+    assert problem.message == f"names in {shop} lists {count} columns, but line 2 of the file has 5 fields"
+    assert problem.fix.startswith(f"Give one name per field, in file order: {fix} in [transactions]")
 
 

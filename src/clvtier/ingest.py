@@ -23,7 +23,7 @@ import re
 import tempfile
 import tomllib
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -262,7 +262,8 @@ def read_mapping(path: Path) -> dict[str, TableSource]:
         transaction_amount = "transaction_amount"
     """
     try:
-        spec = tomllib.loads(path.read_text(encoding="utf-8"))
+        # utf-8-sig: Windows editors (Notepad) start a UTF-8 file with a byte-order mark.
+        spec = tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except OSError as exc:
         raise InputError(
             f"{path}: cannot read the mapping file ({exc.strerror}).",
@@ -273,6 +274,9 @@ def read_mapping(path: Path) -> dict[str, TableSource]:
             f"{path}: not a valid TOML mapping file ({exc}).",
             "See docs/mapping.md for the format of a mapping file.",
         ) from None
+    if not spec:
+        raise InputError(f"{path}: the mapping file describes no table.",
+                         'Add a [transactions] section with path = "FILE" (docs/mapping.md).')
     unknown = sorted(set(spec) - set(TABLES))
     if unknown:
         raise InputError(
@@ -294,6 +298,10 @@ def read_mapping(path: Path) -> dict[str, TableSource]:
                 f"Use only the keys {sorted(allowed)}.",
             )
         _check_mapping_types(path, name, section)
+        delimiter = section.get("delimiter", ",")
+        if len(delimiter) != 1 and delimiter != "whitespace":
+            raise InputError(f"{path}: section [{name}] has delimiter = {delimiter!r}, which is not one character.",
+                             f"Write delimiter as {_MAPPING_TYPES['delimiter'][1]}.")
         if "path" not in section:
             raise InputError(f"{path}: section [{name}] has no 'path'.", "Add path = \"FILE\".")
         file = (path.parent / section["path"]).resolve()
@@ -329,7 +337,7 @@ def read_mapping(path: Path) -> dict[str, TableSource]:
         sources[name] = TableSource(
             path=file,
             format=fmt,
-            delimiter=section.get("delimiter", ","),
+            delimiter=delimiter,
             header=bool(section.get("header", True)),
             names=tuple(section.get("names", ())),
             columns=dict(columns),
@@ -343,7 +351,8 @@ def read_mapping(path: Path) -> dict[str, TableSource]:
 _MAPPING_TYPES: dict[str, tuple[type, str]] = {
     "path": (str, 'a file name in quotes, such as "orders.csv"'),
     "format": (str, '"csv", "parquet" or "duckdb"'),
-    "delimiter": (str, 'one character in quotes, such as ";" or "\\t", or "whitespace"'),
+    "delimiter": (str, 'one character in double quotes, such as ";", "\\t" (a tab) or "|", '
+                       'or as "whitespace" for runs of blanks'),
     "header": (bool, "true or false"),
     "names": (list, 'a list of column names, such as ["customer_id", "date"]'),
     "columns": (dict, 'a sub-section of contract_column = "file column" lines'),
@@ -458,6 +467,9 @@ def _read(con: Any, name: str, src: TableSource) -> ibis.Table:
         _contract_columns(written, src, name)
         return table
     text = _decode_head(head, src)
+    if src.names:
+        _check_names(name, src, text)
+        _contract_columns(src.names, src, name)  # as _check_header checks a header
     if src.delimiter == "whitespace":
         return _read_whitespace(con, name, src)
     # By content, not by name: a gzip file named .csv, or plain text named .csv.gz, is read as it is.
@@ -510,7 +522,7 @@ def _decode_head(head: bytes, src: TableSource) -> str:
 class _HeaderError(InputError):
     """A problem with the column names of a table, about the contract column(s) ``column``."""
 
-    def __init__(self, message: str, fix: str, column: str, code: str) -> None:
+    def __init__(self, message: str, fix: str, column: str | None, code: str) -> None:
         super().__init__(message, fix)
         self.column = column
         self.code = code
@@ -569,6 +581,36 @@ def _parquet_names(path: Path) -> list[str]:
     import pyarrow.parquet as pq
 
     return list(pq.read_schema(path).names)
+
+
+def _check_names(name: str, src: TableSource, text: str) -> None:
+    """Refuse ``names`` that do not give one name per field of the file's first line: a field
+    without a name would be dropped (or, with blanks as separators, shift the others)."""
+    lines: Iterator[tuple[int, list[str]]]
+    if src.delimiter == "whitespace":
+        lines = ((n, ln.split()) for n, ln in enumerate(text.splitlines(), 1))
+    elif len(src.delimiter) == 1:
+        reader = csv.reader(io.StringIO(text), delimiter=src.delimiter)
+        lines = ((reader.line_num, record) for record in reader)
+    else:
+        return
+    try:
+        line, fields = next(((n, f) for n, f in lines if f), (0, []))
+    except csv.Error:
+        return  # DuckDB reports the malformed line
+    if not fields or len(fields) == len(src.names):
+        return
+    extra = len(src.names) - len(fields)
+    count = f"{abs(extra)} name{'s' if abs(extra) != 1 else ''}"
+    change = (f"remove {count} from names in [{name}], or set the delimiter the file uses." if extra > 0
+              else f"add {count} to names in [{name}] (a field you do not need is ignored, but it needs a name).")
+    raise _HeaderError(
+        f"names{f' in {src.mapping}' if src.mapping else ''} lists {len(src.names)} columns, "
+        f"but line {line} of the file has {len(fields)} fields",
+        f"Give one name per field, in file order: {change}",
+        column=None,
+        code="names",
+    )
 
 
 def _contract_columns(columns: Sequence[str], src: TableSource, name: str | None) -> dict[str, str]:
