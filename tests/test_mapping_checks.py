@@ -1,22 +1,24 @@
-"""Mapping files and column names: what a mapping names must exist, an explicit entry comes first,
-two columns for one contract column are refused in every format, and a mapping file's own mistakes
-are named."""
+"""Mapping files, column names and discovery: what a mapping names must exist, an explicit entry
+comes first, two columns for one contract column are refused in every format, and the files and
+tables that discovery passes over are named."""
 
 from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
 import pandas as pd
 import pytest
 from click.testing import Result
-from conftest import TINY, TINY_AS_OF
+from conftest import TINY, TINY_AS_OF, write_ecomx
 from typer.testing import CliRunner
 
 from clvtier.cli import app
 from clvtier.errors import EXIT_BAD_INPUT, DataError, InputError, Problem
+from clvtier.ingest import discover
 from clvtier.validate import load
 
 AS_OF = TINY_AS_OF.isoformat()
@@ -253,3 +255,107 @@ def test_names_must_give_one_name_per_field(data: str, delimiter: str, count: in
     assert problem.fix.startswith(f"Give one name per field, in file order: {fix} in [transactions]")
 
 
+# -- discovery ------------------------------------------------------------------------------------
+def test_file_names_are_matched_whatever_their_case(tmp_path: Path) -> None:
+    write_ecomx(tmp_path, {"transactions": TX, "customers": TINY["customers"]})
+    (tmp_path / "transactions_final.csv").rename(tmp_path / "Transactions.CSV")
+    (tmp_path / "customers_final.csv").rename(tmp_path / "CUSTOMERS_FINAL.csv")
+    found = discover(tmp_path)
+    assert {name: src.path.name for name, src in found.items()} == {
+        "transactions": "Transactions.CSV", "customers": "CUSTOMERS_FINAL.csv",
+    }
+
+
+def test_a_tsv_file_is_tab_separated_whatever_its_case(tmp_path: Path) -> None:
+    (tmp_path / "transactions.TSV").write_text(TX.replace(",", "\t"))
+    assert amounts(tmp_path) == AMOUNTS
+
+
+def test_two_files_whose_names_differ_in_case_only_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "transactions.csv").write_text(TX)
+    (tmp_path / "Transactions.csv").write_text(TX)
+    if len(list(tmp_path.iterdir())) < 2:
+        pytest.skip("the file system does not tell names apart by case")
+    with pytest.raises(InputError) as info:
+        discover(tmp_path)
+    assert "more than one file for the transactions table (Transactions.csv, transactions.csv)" in info.value.message
+
+
+def test_files_passed_over_are_named_when_no_table_is_found(tmp_path: Path) -> None:
+    for name in ("orders.csv", "transactions_2024.csv", "notes.md"):
+        (tmp_path / name).write_text(TX)
+    with duckdb.connect(str(tmp_path / "shop.duckdb")) as con:
+        con.execute("CREATE TABLE transactions AS SELECT 1 AS x")
+    result = cli("validate", str(tmp_path), "--json")
+    assert result.exit_code == EXIT_BAD_INPUT, result.output
+    [problem] = json.loads(result.stdout)["problems"]
+    assert problem["code"] == "no_tables"
+    assert problem["message"] == (
+        f"no data tables found in {tmp_path}; shop.duckdb is a DuckDB database: pass it instead of the directory; "
+        "orders.csv and transactions_2024.csv are not named after a table: rename each to its table's name "
+        "(transactions.csv, customers.csv, engagements.csv or marketing.csv) or map it in a mapping file"
+    )
+
+
+def _database(path: Path, *tables: str) -> Path:
+    """A DuckDB file with ``tables`` (schema-qualified or not) holding TINY's transactions or customers."""
+    with duckdb.connect(str(path)) as con:
+        for table in tables:
+            schema, _, name = table.rpartition(".")
+            if schema:
+                con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+            frame = pd.read_csv(io.StringIO(TINY["customers" if "customer" in name.lower() else "transactions"]))
+            con.register("frame", frame)
+            con.execute(f'CREATE TABLE {schema or "main"}."{name}" AS SELECT * FROM frame')
+            con.unregister("frame")
+    return path
+
+
+DATABASES: dict[str, Callable[[Path], Path]] = {
+    "another-case": lambda root: _database(root / "shop.duckdb", "Transactions", "CUSTOMERS"),
+    "another-schema": lambda root: _database(root / "shop.duckdb", "sales.transactions", "crm.customers"),
+}
+
+
+@pytest.mark.parametrize("build", DATABASES.values(), ids=DATABASES.keys())
+def test_database_tables_are_found_whatever_their_case_and_schema(build: Callable[[Path], Path],
+                                                                  tmp_path: Path) -> None:
+    ds = load(build(tmp_path), as_of=TINY_AS_OF)
+    assert {name: s["rows"] for name, s in ds.summary.items()} == {"transactions": 12, "customers": 4}
+
+
+def test_a_mapping_names_a_table_of_another_schema(tmp_path: Path) -> None:
+    _database(tmp_path / "shop.duckdb", "sales.orders")
+    (tmp_path / "shop.toml").write_text('[transactions]\npath = "shop.duckdb"\ntable = "sales.orders"\n')
+    assert amounts(tmp_path / "shop.toml") == AMOUNTS
+
+
+def test_one_table_in_two_schemas_is_refused(tmp_path: Path) -> None:
+    _database(tmp_path / "shop.duckdb", "transactions", "sales.transactions")
+    with pytest.raises(InputError) as info:
+        discover(tmp_path / "shop.duckdb")
+    assert "more than one table or view for the transactions table (sales.transactions, transactions)" in (
+        info.value.message)
+    assert 'table = "sales.transactions"' in info.value.fix
+
+
+def test_a_database_without_a_table_of_the_contract_names_its_tables(tmp_path: Path) -> None:
+    path = _database(tmp_path / "shop.duckdb", "orders", "sales.clients")
+    problem = refused(path)
+    assert problem.code == "no_tables"
+    assert problem.message == f"no data tables found in {path}; its tables are orders, sales.clients"
+    assert problem.fix == (
+        "Name the tables transactions, customers, engagements and marketing (or transactions_final, ...), "
+        'or map each in a mapping file with path = "shop.duckdb" and table = "orders" (docs/mapping.md).'
+    )
+
+
+def test_a_mapped_table_the_database_lacks_is_refused_with_its_tables(tmp_path: Path) -> None:
+    _database(tmp_path / "shop.duckdb", "sales.orders")
+    (tmp_path / "shop.toml").write_text('[transactions]\npath = "shop.duckdb"\ntable = "orders"\n')
+    problem = refused(tmp_path / "shop.toml")
+    assert problem.message == "the database has no table 'orders' (its tables: sales.orders)"
+    assert problem.fix == (
+        'Set table = "sales.orders" (or another of its tables) in the [transactions] section of the mapping file, '
+        "or create a table named transactions in the database."
+    )

@@ -36,6 +36,7 @@ from clvtier.schema import DATE_PATTERNS, EXTENSIONS, TABLES
 
 _SNIFF_BYTES = 1 << 20
 _DELIMITERS = (",", ";", "\t", "|")
+_DATABASES = (".duckdb", ".db", ".ddb")
 _ALL_COLUMNS = tuple(dict.fromkeys(c for table in TABLES.values() for c in table.column_names))
 
 
@@ -59,7 +60,7 @@ class TableSource:
     date_format : str or None
         ``strptime``-style format of the date columns (ISO when None).
     db_table : str or None
-        Table name inside a DuckDB database.
+        Table name inside a DuckDB database, ``schema.table`` outside the ``main`` schema.
     mapping : Path or None
         The mapping file that describes the table, if any.
     """
@@ -152,17 +153,19 @@ def discover(source: str | Path) -> dict[str, TableSource]:
         raise InputError(f"{path}: no such file or directory.", "Check the path to the data.")
     if path.is_file() and path.suffix.lower() == ".toml":
         return read_mapping(path)
-    if path.is_file() and path.suffix.lower() in (".duckdb", ".db", ".ddb"):
+    if _is_database(path):
         return _discover_duckdb(path)
     if path.is_file():
         return {"transactions": _file_source(path)}
     found: dict[str, TableSource] = {}
     several: dict[str, list[Path]] = {}
+    # By name whatever its case, as exports and Windows file systems write Transactions.CSV.
+    files: dict[str, list[Path]] = {}
+    for file in sorted(path.iterdir()):
+        if file.is_file():
+            files.setdefault(file.name.lower(), []).append(file)
     for table in TABLES.values():
-        candidates = [
-            path / f"{stem}{ext}" for stem in table.file_stems for ext in EXTENSIONS
-            if (path / f"{stem}{ext}").is_file()
-        ]
+        candidates = [file for stem in table.file_stems for ext in EXTENSIONS for file in files.get(f"{stem}{ext}", [])]
         if len(candidates) > 1:
             several[table.name] = candidates
         elif candidates:
@@ -176,7 +179,11 @@ def discover(source: str | Path) -> dict[str, TableSource]:
 
 def _file_source(path: Path) -> TableSource:
     """How to read a data file, from its name: its format, and tabs for a ``.tsv`` file."""
-    return TableSource(path=path, format=_format_of(path), delimiter="\t" if path.name.endswith(".tsv") else ",")
+    return TableSource(path=path, format=_format_of(path), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+
+
+def _is_database(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in _DATABASES
 
 
 def _given(sources: Mapping[Any, Any]) -> dict[str, TableSource]:
@@ -221,29 +228,46 @@ def _format_of(path: Path) -> str:
 
 
 def _discover_duckdb(path: Path) -> dict[str, TableSource]:
+    names = _database_tables(path)
+    found = {}
+    several: dict[str, list[str]] = {}
+    for table in TABLES.values():
+        # In any schema and whatever the case, as DuckDB itself matches names.
+        hits = [name for stem in table.file_stems for name in names if name.lower().rpartition(".")[2] == stem]
+        if len(hits) > 1:
+            several[table.name] = hits
+        elif hits:
+            found[table.name] = TableSource(path=path, format="duckdb", db_table=hits[0])
+    if several:
+        # As with files in a directory: picking one would silently read an older copy.
+        raise _several(path, several, "database")
+    return found
+
+
+def _database_tables(path: Path) -> list[str]:
+    """The tables and views of a DuckDB database file (see :func:`_tables_of`)."""
     import duckdb
 
     try:
         with duckdb.connect(str(path), read_only=True) as db:
-            names = {row[0] for row in db.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
-            names |= {row[0] for row in db.execute("SELECT view_name FROM duckdb_views()").fetchall()}
+            [(catalog,)] = db.execute("SELECT current_database()").fetchall()
+            return _tables_of(db, catalog)
     except duckdb.Error as exc:
         raise InputError(
             f"{path}: cannot be opened as a DuckDB database ({_first_line(exc)}).",
             "Pass a DuckDB database file, a directory of CSV/Parquet files, or a mapping file.",
         ) from None
-    found = {}
-    several: dict[str, list[str]] = {}
-    for table in TABLES.values():
-        stems = [stem for stem in table.file_stems if stem in names]
-        if len(stems) > 1:
-            several[table.name] = stems
-        elif stems:
-            found[table.name] = TableSource(path=path, format="duckdb", db_table=stems[0])
-    if several:
-        # As with files in a directory: picking one would silently read an older copy.
-        raise _several(path, several, "database")
-    return found
+
+
+def _tables_of(db: Any, catalog: str) -> list[str]:
+    """The tables and views of ``catalog`` on a DuckDB connection, as ``schema.table`` outside ``main``."""
+    rows = db.execute(
+        "SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = $catalog AND NOT internal "
+        "UNION ALL SELECT schema_name, view_name FROM duckdb_views() WHERE database_name = $catalog "
+        "AND NOT internal",
+        {"catalog": catalog},
+    ).fetchall()
+    return sorted(name if schema == "main" else f"{schema}.{name}" for schema, name in rows)
 
 
 def read_mapping(path: Path) -> dict[str, TableSource]:
@@ -306,7 +330,7 @@ def read_mapping(path: Path) -> dict[str, TableSource]:
             raise InputError(f"{path}: section [{name}] has no 'path'.", "Add path = \"FILE\".")
         file = (path.parent / section["path"]).resolve()
         fmt = section.get("format") or (
-            "duckdb" if file.suffix.lower() in (".duckdb", ".db", ".ddb") else _format_of(file)
+            "duckdb" if file.suffix.lower() in _DATABASES else _format_of(file)
         )
         if fmt not in ("csv", "parquet", "duckdb"):
             raise InputError(
@@ -388,6 +412,52 @@ def spreadsheet_hint(source: Any) -> str:
             "which clvtier does not read: save each sheet as CSV UTF-8 under its table's name")
 
 
+def passed_over_hint(source: Any) -> str:
+    """``"; ..."`` naming the DuckDB databases and the data files of a data directory that discovery does
+    not read as tables, with what to do about them, else ``""``."""
+    path = Path(source) if isinstance(source, (str, Path)) else None
+    if path is None or not path.is_dir():
+        return ""
+    known = {f"{stem}{ext}" for table in TABLES.values() for stem in table.file_stems for ext in EXTENSIONS}
+    files = sorted(p.name for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    databases = [f for f in files if Path(f).suffix.lower() in _DATABASES]
+    data = [f for f in files if f.lower().endswith((*EXTENSIONS, ".pq")) and f.lower() not in known]
+    hint = ""
+    if databases:
+        hint += (f"; {_listed(databases)} {'is a DuckDB database' if len(databases) == 1 else 'are DuckDB databases'}"
+                 f": pass {'it' if len(databases) == 1 else 'one'} instead of the directory")
+    if data:
+        hint += (f"; {_listed(data)} {'is' if len(data) == 1 else 'are'} not named after a table: "
+                 f"rename {'it' if len(data) == 1 else 'each'} to its table's name (transactions.csv, customers.csv, "
+                 "engagements.csv or marketing.csv) or map it in a mapping file")
+    return hint
+
+
+def _no_tables(source: Any) -> Problem:
+    """The error for a data source without any table, naming what it holds instead."""
+    where = str(source)
+    if isinstance(source, (str, Path)) and _is_database(Path(source)):
+        tables = _database_tables(Path(source))
+        example = tables[0] if tables else "orders"
+        return Problem(
+            "error", "transactions",
+            f"no data tables found in {where}; "
+            + (f"its tables are {', '.join(tables)}" if tables else "it has no tables"),
+            "Name the tables transactions, customers, engagements and marketing (or transactions_final, ...), "
+            f'or map each in a mapping file with path = "{Path(source).name}" and table = "{example}" '
+            "(docs/mapping.md).",
+            file=where, code="no_tables",
+        )
+    return Problem(
+        "error", "transactions",
+        f"no data tables found in {where}{spreadsheet_hint(source)}{passed_over_hint(source)}",
+        "Name the files transactions.csv (or transactions_final.csv, .parquet, "
+        ".csv.gz), customers.csv, engagements.csv and marketing.csv, or describe "
+        "the layout in a mapping file (docs/mapping.md).",
+        file=where, code="no_tables",
+    )
+
+
 def load_tables(
     source: str | Path | dict[str, TableSource], con: Any | None = None
 ) -> RawTables:
@@ -412,19 +482,7 @@ def load_tables(
     raw = RawTables(con=con, tables={}, sources=dict(sources),
                     source=None if isinstance(source, dict) else source)
     if not sources:
-        where = str(source)
-        raw.problems.append(
-            Problem(
-                "error",
-                "transactions",
-                f"no data tables found in {where}{spreadsheet_hint(source)}",
-                "Name the files transactions.csv (or transactions_final.csv, .parquet, "
-                ".csv.gz), customers.csv, engagements.csv and marketing.csv, or describe "
-                "the layout in a mapping file (docs/mapping.md).",
-                file=where,
-                code="no_tables",
-            )
-        )
+        raw.problems.append(_no_tables(source))
         return raw
     for name, src in sources.items():
         try:
@@ -748,12 +806,17 @@ def _read_duckdb(con: Any, name: str, src: TableSource) -> ibis.Table:
                 f"cannot be opened as a DuckDB database ({_first_line(exc)}).",
                 "Pass a valid DuckDB database file.",
             ) from None
+    wanted = src.db_table or name
+    schema, _, table = wanted.rpartition(".")
     try:
-        return con.table(src.db_table or name, database=(alias, "main"))
+        return con.table(table, database=(alias, schema or "main"))
     except Exception:
+        tables = _tables_of(con.con, alias)
+        create = f"create a table named {TABLES[name].file_stems[-1]} in the database."
         raise InputError(
-            f"the database has no table '{src.db_table or name}'.",
-            f"Create a table named {TABLES[name].file_stems[-1]} in the database.",
+            f"the database has no table '{wanted}' ({'its tables: ' + ', '.join(tables) if tables else 'it has none'})",
+            f'Set table = "{tables[0]}" (or another of its tables) in the [{name}] section of the mapping file, '
+            f"or {create}" if tables else create.capitalize(),
         ) from None
 
 
