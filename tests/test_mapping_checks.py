@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import duckdb
@@ -279,6 +279,18 @@ def test_two_files_whose_names_differ_in_case_only_are_refused(tmp_path: Path) -
     with pytest.raises(InputError) as info:
         discover(tmp_path)
     assert "more than one file for the transactions table (Transactions.csv, transactions.csv)" in info.value.message
+
+
+def test_an_unreadable_directory_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the operating system refuses it to another user (root reads it whatever its mode)."""
+    def refuse(self: Path) -> Iterator[Path]:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "iterdir", refuse)
+    with pytest.raises(InputError) as info:
+        discover(tmp_path)
+    assert info.value.message == f"{tmp_path}: cannot read the directory (Permission denied)."
+    assert info.value.fix == "Check the directory's permissions (it must be readable by you)."
 
 
 def test_files_passed_over_are_named_when_no_table_is_found(tmp_path: Path) -> None:

@@ -161,7 +161,14 @@ def discover(source: str | Path) -> dict[str, TableSource]:
     several: dict[str, list[Path]] = {}
     # By name whatever its case, as exports and Windows file systems write Transactions.CSV.
     files: dict[str, list[Path]] = {}
-    for file in sorted(path.iterdir()):
+    try:
+        entries = sorted(path.iterdir())
+    except OSError as exc:
+        raise InputError(
+            f"{path}: cannot read the directory ({exc.strerror}).",
+            "Check the directory's permissions (it must be readable by you).",
+        ) from None
+    for file in entries:
         if file.is_file():
             files.setdefault(file.name.lower(), []).append(file)
     for table in TABLES.values():
