@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import codecs
 import csv
+import difflib
 import io
 import re
 import tempfile
 import tomllib
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TextIO
@@ -35,6 +36,8 @@ from clvtier.schema import DATE_PATTERNS, EXTENSIONS, TABLES
 
 _SNIFF_BYTES = 1 << 20
 _DELIMITERS = (",", ";", "\t", "|")
+_DATABASES = (".duckdb", ".db", ".ddb")
+_ALL_COLUMNS = tuple(dict.fromkeys(c for table in TABLES.values() for c in table.column_names))
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,9 @@ class TableSource:
     date_format : str or None
         ``strptime``-style format of the date columns (ISO when None).
     db_table : str or None
-        Table name inside a DuckDB database.
+        Table name inside a DuckDB database, ``schema.table`` outside the ``main`` schema.
+    mapping : Path, str or None
+        The mapping file that describes the table (a URI for Spark), if any.
     """
 
     path: Path
@@ -68,6 +73,7 @@ class TableSource:
     columns: dict[str, str] = field(default_factory=dict)
     date_format: str | None = None
     db_table: str | None = None
+    mapping: Path | str | None = None
 
     @property
     def first_data_line(self) -> int:
@@ -147,17 +153,26 @@ def discover(source: str | Path) -> dict[str, TableSource]:
         raise InputError(f"{path}: no such file or directory.", "Check the path to the data.")
     if path.is_file() and path.suffix.lower() == ".toml":
         return read_mapping(path)
-    if path.is_file() and path.suffix.lower() in (".duckdb", ".db", ".ddb"):
+    if _is_database(path):
         return _discover_duckdb(path)
     if path.is_file():
         return {"transactions": _file_source(path)}
     found: dict[str, TableSource] = {}
     several: dict[str, list[Path]] = {}
+    # By name whatever its case, as exports and Windows file systems write Transactions.CSV.
+    files: dict[str, list[Path]] = {}
+    try:
+        entries = sorted(path.iterdir())
+    except OSError as exc:
+        raise InputError(
+            f"{path}: cannot read the directory ({exc.strerror}).",
+            "Check the directory's permissions (it must be readable by you).",
+        ) from None
+    for file in entries:
+        if file.is_file():
+            files.setdefault(file.name.lower(), []).append(file)
     for table in TABLES.values():
-        candidates = [
-            path / f"{stem}{ext}" for stem in table.file_stems for ext in EXTENSIONS
-            if (path / f"{stem}{ext}").is_file()
-        ]
+        candidates = [file for stem in table.file_stems for ext in EXTENSIONS for file in files.get(f"{stem}{ext}", [])]
         if len(candidates) > 1:
             several[table.name] = candidates
         elif candidates:
@@ -171,7 +186,11 @@ def discover(source: str | Path) -> dict[str, TableSource]:
 
 def _file_source(path: Path) -> TableSource:
     """How to read a data file, from its name: its format, and tabs for a ``.tsv`` file."""
-    return TableSource(path=path, format=_format_of(path), delimiter="\t" if path.name.endswith(".tsv") else ",")
+    return TableSource(path=path, format=_format_of(path), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+
+
+def _is_database(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in _DATABASES
 
 
 def _given(sources: Mapping[Any, Any]) -> dict[str, TableSource]:
@@ -216,29 +235,46 @@ def _format_of(path: Path) -> str:
 
 
 def _discover_duckdb(path: Path) -> dict[str, TableSource]:
+    names = _database_tables(path)
+    found = {}
+    several: dict[str, list[str]] = {}
+    for table in TABLES.values():
+        # In any schema and whatever the case, as DuckDB itself matches names.
+        hits = [name for stem in table.file_stems for name in names if name.lower().rpartition(".")[2] == stem]
+        if len(hits) > 1:
+            several[table.name] = hits
+        elif hits:
+            found[table.name] = TableSource(path=path, format="duckdb", db_table=hits[0])
+    if several:
+        # As with files in a directory: picking one would silently read an older copy.
+        raise _several(path, several, "database")
+    return found
+
+
+def _database_tables(path: Path) -> list[str]:
+    """The tables and views of a DuckDB database file (see :func:`_tables_of`)."""
     import duckdb
 
     try:
         with duckdb.connect(str(path), read_only=True) as db:
-            names = {row[0] for row in db.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
-            names |= {row[0] for row in db.execute("SELECT view_name FROM duckdb_views()").fetchall()}
+            [(catalog,)] = db.execute("SELECT current_database()").fetchall()
+            return _tables_of(db, catalog)
     except duckdb.Error as exc:
         raise InputError(
             f"{path}: cannot be opened as a DuckDB database ({_first_line(exc)}).",
             "Pass a DuckDB database file, a directory of CSV/Parquet files, or a mapping file.",
         ) from None
-    found = {}
-    several: dict[str, list[str]] = {}
-    for table in TABLES.values():
-        stems = [stem for stem in table.file_stems if stem in names]
-        if len(stems) > 1:
-            several[table.name] = stems
-        elif stems:
-            found[table.name] = TableSource(path=path, format="duckdb", db_table=stems[0])
-    if several:
-        # As with files in a directory: picking one would silently read an older copy.
-        raise _several(path, several, "database")
-    return found
+
+
+def _tables_of(db: Any, catalog: str) -> list[str]:
+    """The tables and views of ``catalog`` on a DuckDB connection, as ``schema.table`` outside ``main``."""
+    rows = db.execute(
+        "SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = $catalog AND NOT internal "
+        "UNION ALL SELECT schema_name, view_name FROM duckdb_views() WHERE database_name = $catalog "
+        "AND NOT internal",
+        {"catalog": catalog},
+    ).fetchall()
+    return sorted(name if schema == "main" else f"{schema}.{name}" for schema, name in rows)
 
 
 def read_mapping(path: Path) -> dict[str, TableSource]:
@@ -257,7 +293,8 @@ def read_mapping(path: Path) -> dict[str, TableSource]:
         transaction_amount = "transaction_amount"
     """
     try:
-        spec = tomllib.loads(path.read_text(encoding="utf-8"))
+        # utf-8-sig: Windows editors (Notepad) start a UTF-8 file with a byte-order mark.
+        spec = tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except OSError as exc:
         raise InputError(
             f"{path}: cannot read the mapping file ({exc.strerror}).",
@@ -268,6 +305,9 @@ def read_mapping(path: Path) -> dict[str, TableSource]:
             f"{path}: not a valid TOML mapping file ({exc}).",
             "See docs/mapping.md for the format of a mapping file.",
         ) from None
+    if not spec:
+        raise InputError(f"{path}: the mapping file describes no table.",
+                         'Add a [transactions] section with path = "FILE" (docs/mapping.md).')
     unknown = sorted(set(spec) - set(TABLES))
     if unknown:
         raise InputError(
@@ -289,11 +329,15 @@ def read_mapping(path: Path) -> dict[str, TableSource]:
                 f"Use only the keys {sorted(allowed)}.",
             )
         _check_mapping_types(path, name, section)
+        delimiter = section.get("delimiter", ",")
+        if len(delimiter) != 1 and delimiter != "whitespace":
+            raise InputError(f"{path}: section [{name}] has delimiter = {delimiter!r}, which is not one character.",
+                             f"Write delimiter as {_MAPPING_TYPES['delimiter'][1]}.")
         if "path" not in section:
             raise InputError(f"{path}: section [{name}] has no 'path'.", "Add path = \"FILE\".")
         file = (path.parent / section["path"]).resolve()
         fmt = section.get("format") or (
-            "duckdb" if file.suffix.lower() in (".duckdb", ".db", ".ddb") else _format_of(file)
+            "duckdb" if file.suffix.lower() in _DATABASES else _format_of(file)
         )
         if fmt not in ("csv", "parquet", "duckdb"):
             raise InputError(
@@ -312,15 +356,25 @@ def read_mapping(path: Path) -> dict[str, TableSource]:
                 f"{path}: section [{name}.columns] maps unknown contract column(s) {bad_cols}.",
                 f"Map only {list(TABLES[name].column_names)}.",
             )
+        targets: dict[str, list[str]] = {}
+        for target, col in columns.items():
+            targets.setdefault(col, []).append(target)
+        shared = next(((col, t) for col, t in targets.items() if len(t) > 1), None)
+        if shared:
+            raise InputError(
+                f"{path}: section [{name}.columns] maps {' and '.join(shared[1])} to the same column '{shared[0]}'.",
+                "Map each column of the file to one contract column.",
+            )
         sources[name] = TableSource(
             path=file,
             format=fmt,
-            delimiter=section.get("delimiter", ","),
+            delimiter=delimiter,
             header=bool(section.get("header", True)),
             names=tuple(section.get("names", ())),
             columns=dict(columns),
             date_format=section.get("date_format"),
             db_table=section.get("table", name if fmt == "duckdb" else None),
+            mapping=path,
         )
     return sources
 
@@ -328,7 +382,8 @@ def read_mapping(path: Path) -> dict[str, TableSource]:
 _MAPPING_TYPES: dict[str, tuple[type, str]] = {
     "path": (str, 'a file name in quotes, such as "orders.csv"'),
     "format": (str, '"csv", "parquet" or "duckdb"'),
-    "delimiter": (str, 'one character in quotes, such as ";" or "\\t", or "whitespace"'),
+    "delimiter": (str, 'one character in double quotes, such as ";", "\\t" (a tab) or "|", '
+                       'or as "whitespace" for runs of blanks'),
     "header": (bool, "true or false"),
     "names": (list, 'a list of column names, such as ["customer_id", "date"]'),
     "columns": (dict, 'a sub-section of contract_column = "file column" lines'),
@@ -364,6 +419,52 @@ def spreadsheet_hint(source: Any) -> str:
             "which clvtier does not read: save each sheet as CSV UTF-8 under its table's name")
 
 
+def passed_over_hint(source: Any) -> str:
+    """``"; ..."`` naming the DuckDB databases and the data files of a data directory that discovery does
+    not read as tables, with what to do about them, else ``""``."""
+    path = Path(source) if isinstance(source, (str, Path)) else None
+    if path is None or not path.is_dir():
+        return ""
+    known = {f"{stem}{ext}" for table in TABLES.values() for stem in table.file_stems for ext in EXTENSIONS}
+    files = sorted(p.name for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    databases = [f for f in files if Path(f).suffix.lower() in _DATABASES]
+    data = [f for f in files if f.lower().endswith((*EXTENSIONS, ".pq")) and f.lower() not in known]
+    hint = ""
+    if databases:
+        hint += (f"; {_listed(databases)} {'is a DuckDB database' if len(databases) == 1 else 'are DuckDB databases'}"
+                 f": pass {'it' if len(databases) == 1 else 'one'} instead of the directory")
+    if data:
+        hint += (f"; {_listed(data)} {'is' if len(data) == 1 else 'are'} not named after a table: "
+                 f"rename {'it' if len(data) == 1 else 'each'} to its table's name (transactions.csv, customers.csv, "
+                 "engagements.csv or marketing.csv) or map it in a mapping file")
+    return hint
+
+
+def _no_tables(source: Any) -> Problem:
+    """The error for a data source without any table, naming what it holds instead."""
+    where = str(source)
+    if isinstance(source, (str, Path)) and _is_database(Path(source)):
+        tables = _database_tables(Path(source))
+        example = tables[0] if tables else "orders"
+        return Problem(
+            "error", "transactions",
+            f"no data tables found in {where}; "
+            + (f"its tables are {', '.join(tables)}" if tables else "it has no tables"),
+            "Name the tables transactions, customers, engagements and marketing (or transactions_final, ...), "
+            f'or map each in a mapping file with path = "{Path(source).name}" and table = "{example}" '
+            "(docs/mapping.md).",
+            file=where, code="no_tables",
+        )
+    return Problem(
+        "error", "transactions",
+        f"no data tables found in {where}{spreadsheet_hint(source)}{passed_over_hint(source)}",
+        "Name the files transactions.csv (or transactions_final.csv, .parquet, "
+        ".csv.gz), customers.csv, engagements.csv and marketing.csv, or describe "
+        "the layout in a mapping file (docs/mapping.md).",
+        file=where, code="no_tables",
+    )
+
+
 def load_tables(
     source: str | Path | dict[str, TableSource], con: Any | None = None
 ) -> RawTables:
@@ -388,30 +489,18 @@ def load_tables(
     raw = RawTables(con=con, tables={}, sources=dict(sources),
                     source=None if isinstance(source, dict) else source)
     if not sources:
-        where = str(source)
-        raw.problems.append(
-            Problem(
-                "error",
-                "transactions",
-                f"no data tables found in {where}{spreadsheet_hint(source)}",
-                "Name the files transactions.csv (or transactions_final.csv, .parquet, "
-                ".csv.gz), customers.csv, engagements.csv and marketing.csv, or describe "
-                "the layout in a mapping file (docs/mapping.md).",
-                file=where,
-                code="no_tables",
-            )
-        )
+        raw.problems.append(_no_tables(source))
         return raw
     for name, src in sources.items():
         try:
-            table = _read(con, name, src)
+            table = _rename(_read(con, name, src), src, name)
         except InputError as exc:
             raw.problems.append(
                 Problem("error", name, exc.message.rstrip("."), exc.fix, file=str(src.path),
                         column=getattr(exc, "column", None), code=getattr(exc, "code", "unreadable"))
             )
             continue
-        raw.tables[name] = _rename(table, src)
+        raw.tables[name] = table
     return raw
 
 
@@ -432,13 +521,20 @@ def _read(con: Any, name: str, src: TableSource) -> ibis.Table:
         raise InputError("the file is empty (0 bytes).", "Export the table again, with a header.")
     if src.format == "parquet":
         try:
-            return con.read_parquet(src.path, table_name=f"raw_{name}")
+            table = con.read_parquet(src.path, table_name=f"raw_{name}")
+            written = _parquet_names(src.path)
         except Exception as exc:  # DuckDB raises many types for corrupt Parquet
             raise InputError(
                 f"not a readable Parquet file ({_first_line(exc)}).",
                 "Export the table again as Parquet or as CSV.",
             ) from None
+        # The names as written: DuckDB renames the second of two that differ in case only (x, X_1).
+        _contract_columns(written, src, name)
+        return table
     text = _decode_head(head, src)
+    if src.names:
+        _check_names(name, src, text)
+        _contract_columns(src.names, src, name)  # as _check_header checks a header
     if src.delimiter == "whitespace":
         return _read_whitespace(con, name, src)
     # By content, not by name: a gzip file named .csv, or plain text named .csv.gz, is read as it is.
@@ -489,9 +585,9 @@ def _decode_head(head: bytes, src: TableSource) -> str:
 
 
 class _HeaderError(InputError):
-    """A problem with the header of a text file, about one contract column."""
+    """A problem with the column names of a table, about the contract column(s) ``column``."""
 
-    def __init__(self, message: str, fix: str, column: str, code: str) -> None:
+    def __init__(self, message: str, fix: str, column: str | None, code: str) -> None:
         super().__init__(message, fix)
         self.column = column
         self.code = code
@@ -532,10 +628,10 @@ def _read_csv(
 
 
 def _check_header(name: str, src: TableSource, text: str) -> None:
-    """Refuse a header in which two columns name the same contract column.
+    """Check the header of a text file as written (see :func:`_contract_columns`).
 
-    DuckDB would rename the second one (``amount_1``) or :func:`_rename` would keep the
-    exact name: either way one of the two columns would be dropped without a word.
+    DuckDB renames the second of two equal names (``amount_1``): the duplicate would then
+    be dropped without a word.
     """
     if len(src.delimiter) != 1:
         return
@@ -543,21 +639,120 @@ def _check_header(name: str, src: TableSource, text: str) -> None:
         header = next(csv.reader(io.StringIO(text), delimiter=src.delimiter), [])
     except csv.Error:
         return  # DuckDB reports the malformed header
-    reverse = {v: k for k, v in src.columns.items()}
+    _contract_columns(header, src, name)
+
+
+def _parquet_names(path: Path) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return list(pq.read_schema(path).names)
+
+
+def _check_names(name: str, src: TableSource, text: str) -> None:
+    """Refuse ``names`` that do not give one name per field of the file's first line: a field
+    without a name would be dropped (or, with blanks as separators, shift the others)."""
+    lines: Iterator[tuple[int, list[str]]]
+    if src.delimiter == "whitespace":
+        lines = ((n, ln.split()) for n, ln in enumerate(text.splitlines(), 1))
+    elif len(src.delimiter) == 1:
+        reader = csv.reader(io.StringIO(text), delimiter=src.delimiter)
+        lines = ((reader.line_num, record) for record in reader)
+    else:
+        return
+    try:
+        line, fields = next(((n, f) for n, f in lines if f), (0, []))
+    except csv.Error:
+        return  # DuckDB reports the malformed line
+    if not fields or len(fields) == len(src.names):
+        return
+    extra = len(src.names) - len(fields)
+    count = f"{abs(extra)} name{'s' if abs(extra) != 1 else ''}"
+    change = (f"remove {count} from names in [{name}], or set the delimiter the file uses." if extra > 0
+              else f"add {count} to names in [{name}] (a field you do not need is ignored, but it needs a name).")
+    raise _HeaderError(
+        f"names{f' in {src.mapping}' if src.mapping else ''} lists {len(src.names)} columns, "
+        f"but line {line} of the file has {len(fields)} fields",
+        f"Give one name per field, in file order: {change}",
+        column=None,
+        code="names",
+    )
+
+
+def _contract_columns(columns: Sequence[str], src: TableSource, name: str | None) -> dict[str, str]:
+    """Contract column -> the column of ``columns`` it is read from.
+
+    An explicit ``[<table>.columns]`` entry comes first and shadows every other column of that
+    contract name; the other contract columns are matched by normalised name (see :func:`_normalise`).
+    ``name`` is the contract table; None matches the columns of every table.
+
+    Raises
+    ------
+    InputError
+        When a mapped column is not in ``columns``, or two columns name one contract column.
+    """
+    wanted = TABLES[name].column_names if name else _ALL_COLUMNS
+    chosen: dict[str, str] = {}
+    missing: list[str] = []
+    for target, col in src.columns.items():
+        # DuckDB drops the blanks around a CSV header's names.
+        found = next((c for c in columns if c == col), None) or next(
+            (c for c in columns if c.strip() == col.strip()), None)
+        if found is None:
+            missing.append(target)
+        else:
+            chosen[target] = found
+    if missing:
+        raise _unmapped(missing, columns, src, name)
     by_target: dict[str, list[str]] = {}
-    for col in header:
-        by_target.setdefault(reverse.get(col) or _normalise(col), []).append(col)
-    for target in TABLES[name].column_names:
-        found = by_target.get(target, [])
-        if len(found) > 1:
-            names = ", ".join(repr(c) for c in found)
+    for col in columns:
+        target = _normalise(col)
+        if target in wanted and target not in chosen and col not in chosen.values():
+            by_target.setdefault(target, []).append(col)
+    for target in wanted:
+        hits = by_target.get(target, [])
+        if len(hits) > 1:
+            names = ", ".join(repr(c) for c in hits)
             raise _HeaderError(
-                f"the header has {len(found)} columns that name {target} ({names})",
+                f"the {'header' if src.format == 'csv' else 'table'} has {len(hits)} columns that name {target} "
+                f"({names})",
                 "Rename or remove the duplicate columns so that each contract column appears once "
                 "(or map one of them explicitly in a mapping file, docs/mapping.md).",
                 column=target,
                 code="duplicate_column",
             )
+        if hits:
+            chosen[target] = hits[0]
+    return chosen
+
+
+def _unmapped(targets: list[str], columns: Sequence[str], src: TableSource, name: str | None) -> InputError:
+    """The error for mapping entries that name columns the file does not have, with the likely ones."""
+    section = f"[{name}.columns]" if name else "the columns of the mapping"
+    entries = _listed([f"{t} to '{src.columns[t]}'" for t in targets], at_most=len(targets))
+    by_normal = {_normalise(c): c for c in reversed(columns)}
+    fixes = []
+    for target in targets:
+        close = difflib.get_close_matches(_normalise(src.columns[target]), list(by_normal), n=1)
+        fixes.append(f'{target} = "{by_normal[close[0]]}"' if close else f"{target} = one of the file's columns")
+    shown = ", ".join(repr(c) for c in columns[:30]) + (f" and {len(columns) - 30} more" if len(columns) > 30 else "")
+    one = len(targets) == 1
+    return _HeaderError(
+        f"{src.mapping or 'the mapping'} maps {entries} in {section}, but the file has no such "
+        f"column{'' if one else 's'} (its columns: {shown})",
+        f"In {section}, write {_listed(fixes, at_most=len(fixes))} "
+        + ("(the column name as the file writes it), or remove the entry" if one
+           else "(column names as the file writes them), or remove an entry")
+        + " if the file has no such column.",
+        column=", ".join(targets),
+        code="missing_column",
+    )
+
+
+def _listed(names: list[str], at_most: int = 4) -> str:
+    """``a``, ``a and b``, ``a, b and c``: the first ``at_most`` names, then how many more."""
+    if len(names) > at_most:
+        return f"{', '.join(names[:at_most])} and {len(names) - at_most} more"
+    return " and ".join([", ".join(names[:-1]), names[-1]]) if len(names) > 1 else names[0]
 
 
 def open_text(path: Path) -> TextIO:
@@ -655,30 +850,36 @@ def _read_duckdb(con: Any, name: str, src: TableSource) -> ibis.Table:
                 f"cannot be opened as a DuckDB database ({_first_line(exc)}).",
                 "Pass a valid DuckDB database file.",
             ) from None
+    wanted = src.db_table or name
+    schema, _, table = wanted.rpartition(".")
     try:
-        return con.table(src.db_table or name, database=(alias, "main"))
+        return con.table(table, database=(alias, schema or "main"))
     except Exception:
+        tables = _tables_of(con.con, alias)
+        create = f"create a table named {TABLES[name].file_stems[-1]} in the database."
         raise InputError(
-            f"the database has no table '{src.db_table or name}'.",
-            f"Create a table named {TABLES[name].file_stems[-1]} in the database.",
+            f"the database has no table '{wanted}' ({'its tables: ' + ', '.join(tables) if tables else 'it has none'})",
+            f'Set table = "{tables[0]}" (or another of its tables) in the [{name}] section of the mapping file, '
+            f"or {create}" if tables else create.capitalize(),
         ) from None
 
 
-def _rename(table: ibis.Table, src: TableSource) -> ibis.Table:
-    """Map file columns to contract columns: explicit mapping, then normalised names."""
-    renames: dict[str, str] = {}
-    reverse = {v: k for k, v in src.columns.items()}
-    for col in table.columns:
-        target = reverse.get(col) or _normalise(col)
-        if target != col and target not in table.columns and target not in renames.values():
-            renames[target] = col
-    return table.rename(renames) if renames else table
+def _rename(table: ibis.Table, src: TableSource, name: str | None = None) -> ibis.Table:
+    """Name the contract columns of ``table`` as the contract does (see :func:`_contract_columns`).
+
+    Columns that an explicit entry shadows are dropped; the columns outside the contract keep
+    the names of the file.
+    """
+    chosen = {col: target for target, col in _contract_columns(table.columns, src, name).items()}
+    wanted = TABLES[name].column_names if name else _ALL_COLUMNS
+    kept = [col for col in table.columns if col in chosen or _normalise(col) not in wanted]
+    if kept == list(table.columns) and all(chosen[col] == col for col in chosen):
+        return table
+    return table.select(*(table[col].name(chosen.get(col, col)) for col in kept))
 
 
 def _normalise(name: str) -> str:
-    # Tabs are kept: a header that is one field holding tabs must stay recognisable as
-    # tab-separated (see the delimiter hint of validate).
-    return "_".join(part for part in re.split(r"[^\S\t]|-", name.strip().lower()) if part)
+    return "_".join(part for part in re.split(r"\s|-", name.strip().lower()) if part)
 
 
 def _first_line(exc: BaseException) -> str:

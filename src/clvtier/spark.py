@@ -232,7 +232,7 @@ def read_tables(session: SparkSession, source: str | Path, check: bool = True) -
         for name, src in sources.items():
             view = f"clvtier_raw_{name}"
             _read(session, src).createOrReplaceTempView(view)
-            raw = rename_to_contract(con.table(view), src)
+            raw = rename_to_contract(con.table(view), src, name)
             checker = _TableCheck(con, name, raw, src, dt.date.today())
             if not checker._check_columns():
                 problems.extend(checker.problems)
@@ -258,12 +258,12 @@ def _sources(session: SparkSession, source: str | Path) -> dict[str, TableSource
         if text.lower().endswith(".toml"):
             with _spark_errors():
                 body = session.read.text(text, wholetext=True).first()
-            return _mapping(body[0] if body else "", text.rsplit("/", 1)[0] if "/" in text else ".")
+            return _mapping(body[0] if body else "", text.rsplit("/", 1)[0] if "/" in text else ".", text)
         if text.lower().endswith((".parquet", ".pq", ".csv", ".csv.gz", ".txt", ".tsv")):
             return {"transactions": _uri_source(text)}
         return _probe(session, text.rstrip("/"))
     if path.is_file() and path.suffix.lower() == ".toml":
-        return _mapping(path.read_text(encoding="utf-8"), path.resolve().parent)
+        return _mapping(path.read_text(encoding="utf-8-sig"), path.resolve().parent, path)
     found = discover(path)
     if path.is_dir():  # Spark writes a table as a directory of part files
         for table in TABLES.values():
@@ -305,12 +305,13 @@ def _probe(session: SparkSession, directory: str) -> dict[str, TableSource]:
     return found
 
 
-def _mapping(text: str, base: str | Path) -> dict[str, TableSource]:
+def _mapping(text: str, base: str | Path, where: str | Path) -> dict[str, TableSource]:
     """A mapping file checked by :func:`clvtier.ingest.read_mapping`, whose paths may be URIs.
 
     Relative paths are relative to the mapping file: ``base`` is its directory, a local
-    ``Path`` or a URI.
+    ``Path`` or a URI; ``where`` is the mapping file, named in messages.
     """
+    text = text.removeprefix("\ufeff")
     with tempfile.TemporaryDirectory() as tmp:
         file = Path(tmp) / "mapping.toml"
         file.write_text(text, encoding="utf-8")
@@ -326,7 +327,7 @@ def _mapping(text: str, base: str | Path) -> dict[str, TableSource]:
             location = (base / given.removeprefix("file://")).resolve()
         else:
             location = given if given.startswith("/") else f"{base}/{given}"
-        out[name] = replace(src, path=location)  # type: ignore[arg-type]
+        out[name] = replace(src, path=location, mapping=where)  # type: ignore[arg-type]
     return out
 
 

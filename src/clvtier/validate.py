@@ -29,7 +29,15 @@ import ibis.expr.types as ir
 
 from clvtier.errors import DataError, Problem
 from clvtier.features import AMOUNT_LIMIT
-from clvtier.ingest import RawTables, TableSource, csv_parse_error, load_tables, open_text, spreadsheet_hint
+from clvtier.ingest import (
+    RawTables,
+    TableSource,
+    csv_parse_error,
+    load_tables,
+    open_text,
+    passed_over_hint,
+    spreadsheet_hint,
+)
 from clvtier.schema import DATE_PATTERNS as _DATE_PATTERNS
 from clvtier.schema import RESPONSE_NO, RESPONSE_YES, TABLES, Column
 
@@ -145,7 +153,7 @@ def validate(raw: RawTables, as_of: dt.date | None = None) -> Dataset:
                 "error",
                 "transactions",
                 f"the required transactions table is missing (found: {found})"
-                + spreadsheet_hint(raw.source),
+                + spreadsheet_hint(raw.source) + passed_over_hint(raw.source),
                 "Add transactions.csv (or transactions_final.csv / .parquet / .csv.gz) "
                 "with columns transaction_id, customer_id, transaction_date, "
                 "transaction_amount, product_category.",
