@@ -253,6 +253,15 @@ ERROR_CASES: dict[str, ErrorCase] = {
         "engagements_final.csv", "1 value(s) are 1e+14 or more in absolute value", "Check the export of",
         column="number_of_site_visits", count=1, rows=(4,),
     ),
+    "semicolons-and-decimal-commas-in-every-row": ErrorCase(
+        # a European export: DuckDB alone would skip the header as unlike the rows below it
+        tx_and("transactions", TX.replace(",", ";").replace(".0;", ",5;")), "unreadable", "transactions_final.csv",
+        "the file cannot be parsed as CSV (line 2 has 2 field(s), the header has 1)", 'set delimiter = ";"',
+    ),
+    "title-line-above-the-header": ErrorCase(
+        tx_and("transactions", "Sales report\n" + TX), "unreadable", "transactions_final.csv",
+        "the file cannot be parsed as CSV (line 2 has 5 field(s), the header has 1)", "a title, total or footer line",
+    ),
     "binary-file": ErrorCase(
         tx_and("transactions", bytes(range(256)) * 8), "unreadable", "transactions_final.csv",
         "the file is binary or UTF-16 encoded, not UTF-8 text", "Save the table as UTF-8 CSV",

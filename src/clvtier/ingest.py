@@ -610,6 +610,9 @@ def _read_csv(
         "escape": '"',
         "strict_mode": True,
         "null_padding": False,
+        # The header is the first line: DuckDB would otherwise skip lines it finds unlike the
+        # rest, such as the real header of a ';'-separated file with decimal commas.
+        "skip": 0,
     }
     if src.names:
         options["names"] = list(src.names)
@@ -755,6 +758,11 @@ def _listed(names: list[str], at_most: int = 4) -> str:
     return " and ".join([", ".join(names[:-1]), names[-1]]) if len(names) > 1 else names[0]
 
 
+#: The fix for a record with more or fewer fields than the header.
+ROW_FIX = ("Check quoting and that every row has as many fields as the header "
+           "(a title, total or footer line is a row too: remove it).")
+
+
 def open_text(path: Path) -> TextIO:
     """A text file for reading as the CSV reader does: gzip by its content, UTF-8 with or without a BOM."""
     import gzip
@@ -781,11 +789,7 @@ def csv_parse_error(src: TableSource, exc: BaseException) -> InputError | None:
             where = _first_bad_record(lines, src.delimiter, header=src.header)
     except (OSError, EOFError):
         pass  # DuckDB's own words below
-    return InputError(
-        f"the file cannot be parsed as CSV ({where or _csv_error(exc)}).",
-        "Check quoting and that every row has as many fields as the header "
-        "(a title, total or footer line is a row too: remove it).",
-    )
+    return InputError(f"the file cannot be parsed as CSV ({where or _csv_error(exc)}).", ROW_FIX)
 
 
 def _first_bad_record(text: str | Iterable[str], delimiter: str, complete: bool = True,
@@ -904,4 +908,4 @@ def _csv_fix(header: str, delimiter: str) -> str:
             f"The file seems to be separated by {sniffed!r}, not {delimiter!r}: "
             f'set delimiter = "{shown}" in a mapping file (docs/mapping.md) or re-export with commas.'
         )
-    return "Check quoting and that every row has as many fields as the header."
+    return ROW_FIX
