@@ -148,7 +148,7 @@ def test_scores_cover_the_known_customers_at_any_as_of_date(
 def test_no_scores_as_of_a_date_the_data_cannot_know(run_dir: Path, dataset: Dataset) -> None:
     """After the data's as-of date (their export date), purchases may have happened that the data lack."""
     later = AS_OF + dt.timedelta(days=2)
-    with pytest.raises(InputError, match=f"the cutoff {later} is after the data's as-of date {AS_OF}"):
+    with pytest.raises(InputError, match=f"the cutoff {later} is more than a day after the data's as-of date {AS_OF}"):
         predict(load_model(run_dir), dataset, as_of=later, with_reasons=False)
 
 

@@ -4,6 +4,7 @@ tables that discovery passes over are named."""
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 from collections.abc import Callable, Iterator
@@ -18,7 +19,7 @@ from typer.testing import CliRunner
 
 from clvtier.cli import app
 from clvtier.errors import EXIT_BAD_INPUT, DataError, InputError, Problem
-from clvtier.ingest import discover
+from clvtier.ingest import discover, read_mapping
 from clvtier.validate import load
 
 AS_OF = TINY_AS_OF.isoformat()
@@ -371,3 +372,10 @@ def test_a_mapped_table_the_database_lacks_is_refused_with_its_tables(tmp_path: 
         'Set table = "sales.orders" (or another of its tables) in the [transactions] section of the mapping file, '
         "or create a table named transactions in the database."
     )
+
+
+def test_a_tsv_file_in_a_mapping_is_tab_separated_as_when_passed_alone(tmp_path: Path) -> None:
+    (tmp_path / "orders.tsv").write_text("customer_id\ttransaction_date\ttransaction_amount\n1\t2023-01-01\t10\n")
+    (tmp_path / "shop.toml").write_text('[transactions]\npath = "orders.tsv"\n')
+    assert read_mapping(tmp_path / "shop.toml")["transactions"].delimiter == "\t"
+    assert load(tmp_path / "shop.toml", as_of=dt.date(2024, 1, 1)).summary["transactions"]["rows"] == 1

@@ -737,6 +737,19 @@ def test_settings_from_env(tmp_path: Path) -> None:
         Settings.from_env({**env, "CLVTIER_MAX_CUSTOMERS": "many"})
 
 
+def test_serve_takes_the_model_from_clvtier_model(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from clvtier.cli import app
+    from clvtier.errors import EXIT_BAD_MODEL
+
+    # Not a run directory: refused at start, after the option was read from the environment.
+    res = CliRunner().invoke(app, ["serve"], env={"CLVTIER_MODEL": str(tmp_path)})
+    assert res.exit_code == EXIT_BAD_MODEL, res.output
+    assert f"{tmp_path} is not a clvtier model directory" in res.output
+    assert "Missing option" in CliRunner().invoke(app, ["serve"], env={"CLVTIER_MODEL": ""}).output
+
+
 def test_bad_model_fails_start_up(tmp_path: Path) -> None:
     app = create_app(Settings(model_dir=tmp_path))
     with pytest.raises(ModelError), TestClient(app):

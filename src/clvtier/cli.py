@@ -716,7 +716,8 @@ def demo(
 @app.command()
 @handle_errors
 def serve(
-    model_dir: Annotated[Path, typer.Option("--model", help="Run directory written by 'clvtier train'.")],
+    model_dir: Annotated[Path, typer.Option("--model", envvar="CLVTIER_MODEL",
+                                            help="Run directory written by 'clvtier train'.")],
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     api_key: Annotated[str | None, typer.Option("--api-key", envvar="CLVTIER_API_KEY",

@@ -440,10 +440,11 @@ def check_known(cutoff: dt.date, as_of: dt.date | None) -> None:
     """Refuse a cutoff after the day after ``as_of``: the data cannot show the events before it."""
     if as_of is not None and cutoff > as_of + dt.timedelta(days=1):
         raise InputError(
-            f"the cutoff {cutoff} is after the data's as-of date {as_of}: the features would read "
-            "events dated after it, which are kept but never used.",
-            f"Choose a date on or before {as_of + dt.timedelta(days=1)}. The data's as-of date is the "
-            "date they were exported: --as-of of validate, features and train, today by default.",
+            f"the cutoff {cutoff} is more than a day after the data's as-of date {as_of}: the features "
+            "would read events dated after it, which are kept but never used.",
+            f"Choose a cutoff on or before {as_of + dt.timedelta(days=1)} (the day after the as-of date: "
+            "features use the events before the cutoff). The data's as-of date is the date they were "
+            "exported: --as-of of validate, features and train, today by default.",
         )
 
 

@@ -186,7 +186,12 @@ def discover(source: str | Path) -> dict[str, TableSource]:
 
 def _file_source(path: Path) -> TableSource:
     """How to read a data file, from its name: its format, and tabs for a ``.tsv`` file."""
-    return TableSource(path=path, format=_format_of(path), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+    return TableSource(path=path, format=_format_of(path), delimiter=_default_delimiter(path))
+
+
+def _default_delimiter(path: Path | str) -> str:
+    """Tabs for a ``.tsv`` (or ``.tsv.gz``) file, else commas."""
+    return "\t" if str(path).lower().endswith((".tsv", ".tsv.gz")) else ","
 
 
 def _is_database(path: Path) -> bool:
@@ -329,7 +334,7 @@ def read_mapping(path: Path) -> dict[str, TableSource]:
                 f"Use only the keys {sorted(allowed)}.",
             )
         _check_mapping_types(path, name, section)
-        delimiter = section.get("delimiter", ",")
+        delimiter = section.get("delimiter", _default_delimiter(str(section.get("path", ""))))
         if len(delimiter) != 1 and delimiter != "whitespace":
             raise InputError(f"{path}: section [{name}] has delimiter = {delimiter!r}, which is not one character.",
                              f"Write delimiter as {_MAPPING_TYPES['delimiter'][1]}.")
@@ -621,13 +626,33 @@ def _read_csv(
     except Exception as exc:  # duckdb raises several error types for malformed CSV
         if is_engine_out_of_memory(exc):
             raise  # not the file's fault: reported as such by the CLI
+        if "Maximum line size" in str(exc):
+            raise InputError(
+                f"the file cannot be parsed as CSV ({_long_line(src.path) or _csv_error(exc)}).",
+                "Shorten the text fields over 2 MB (or leave those columns out) and export again.",
+            ) from None
         raise InputError(
             f"the file cannot be parsed as CSV "
             f"({_first_bad_record(text, src.delimiter, complete, src.header) or _csv_error(exc)}).",
-            "Shorten the text fields over 2 MB (or leave those columns out) and export again."
-            if "Maximum line size" in str(exc)
-            else _csv_fix(lines[0] if lines else "", src.delimiter),
+            _csv_fix(lines[0] if lines else "", src.delimiter),
         ) from None
+
+
+#: The longest line DuckDB's CSV reader takes, in bytes.
+MAX_LINE_BYTES = 2_000_000
+
+
+def _long_line(path: Path) -> str | None:
+    """``line N is longer than 2 MB (M bytes)`` for the first such line of a text file; None if none is."""
+    try:
+        with open_text(path) as fh:
+            for number, line in enumerate(fh, start=1):
+                size = len(line.encode("utf-8"))
+                if size > MAX_LINE_BYTES:
+                    return f"line {number} is {size:,} bytes, longer than the {MAX_LINE_BYTES:,} bytes the reader takes"
+    except (OSError, EOFError):
+        pass
+    return None
 
 
 def _check_header(name: str, src: TableSource, text: str) -> None:

@@ -500,12 +500,13 @@ def training_sample(data: Any, cfg: TrainConfig, cutoff: dt.date, spec: FeatureS
 #: 18.7 s on one), so two fits side by side finish sooner; below this size starting the
 #: processes costs more than it saves. Every fit gives the same model either way.
 PARALLEL_FIT_ROWS = 20_000
-#: Below this many training customers, fits run on one thread (OpenMP and BLAS). A second
-#: thread gains nothing at that size (a gradient-boosting fit on 2,000 rows: 0.33 s on one
-#: thread or two), and while another program keeps a core busy the threads wait for each
-#: other at every step (0.77 s on two threads, 0.33 s on one; a whole training run took
-#: ten times as long). From 13,000 rows on, two threads are faster on an idle machine.
-ONE_THREAD_ROWS = 5_000
+#: Below this many training customers, fits run on one thread (OpenMP and BLAS), as they
+#: do from it on in parallel processes. A second thread gains little at that size (a
+#: gradient-boosting fit on 2,000 rows: 0.33 s on one thread or two; two threads are faster
+#: on an idle machine only from about 13,000 rows on), and while other programs keep the
+#: cores busy the threads wait for each other at every step: 0.77 s on two threads against
+#: 0.33 s on one, and a demo training of 5,847 customers took 657 s against 36 s.
+ONE_THREAD_ROWS = PARALLEL_FIT_ROWS
 
 
 def _few_threads(n_rows: int) -> contextlib.AbstractContextManager[Any]:
