@@ -6,7 +6,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +109,11 @@ def _is_run(path: Path) -> bool:
 # -- model bundles --------------------------------------------------------------
 MODEL_FILE = "model.skops"
 METADATA_FILE = "metadata.json"
-FORMAT_VERSION = 1
+#: 2: metadata.json records the SHA-256 of every other file of the run, and of itself.
+FORMAT_VERSION = 2
+#: The key of the metadata's own SHA-256 (:func:`metadata_sha256`).
+METADATA_HASH = "metadata_sha256"
+_AS_WRITTEN = "Use the files of the run directory exactly as 'clvtier train' wrote them, or train again."
 
 #: The types and functions a clvtier model holds beyond those skops trusts by default,
 #: exactly: skops builds or calls each one while loading, so a name trusted by its module
@@ -153,10 +157,14 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def save_model(pipeline: object, directory: Path, metadata: dict) -> dict:
-    """Write ``model.skops`` and ``metadata.json`` (with the model's hash) into ``directory``.
+def save_model(pipeline: object, directory: Path, metadata: dict, files: Sequence[str] = ()) -> dict:
+    """Write ``model.skops`` and ``metadata.json`` into ``directory`` and return the metadata written.
 
-    skops stores the object graph as data, so loading never executes arbitrary code.
+    skops stores the object graph as data, so loading never executes arbitrary code. The
+    metadata records the SHA-256 of the model, of each of ``files`` (other files of the run,
+    written into ``directory`` before) and of itself (:func:`metadata_sha256`), so a file
+    changed after training is refused by name when it is read (:func:`load_model`,
+    :func:`read_run_file`).
     """
     import json
 
@@ -169,49 +177,53 @@ def save_model(pipeline: object, directory: Path, metadata: dict) -> dict:
     meta["format_version"] = FORMAT_VERSION
     meta["model_file"] = MODEL_FILE
     meta["model_sha256"] = file_sha256(model_path)
+    meta["files"] = {name: file_sha256(directory / name) for name in files}
     meta["versions"] = library_versions()
-    (directory / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=str))
+    meta = json.loads(json.dumps(meta, default=str))  # hashed as it will be read back
+    meta[METADATA_HASH] = metadata_sha256(meta)
+    (directory / METADATA_FILE).write_text(json.dumps(meta, indent=2))
     return meta
 
 
-def load_model(directory: str | Path) -> tuple[object, dict]:
-    """Load a model bundle, refusing anything tampered with, incompatible, or of unknown types.
+def metadata_sha256(meta: Mapping[str, Any]) -> str:
+    """SHA-256 of a run's metadata without its own hash: its JSON with sorted keys and no spaces.
+
+    Over the parsed values, not the file's bytes, as the hash is stored in the file it covers.
+    """
+    import hashlib
+    import json
+
+    body = {k: v for k, v in meta.items() if k != METADATA_HASH}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def read_metadata(directory: str | Path) -> dict[str, Any]:
+    """The metadata of a run directory, checked: of this format and compatible versions, unchanged since training.
 
     Raises
     ------
     ModelError
-        When the bundle is missing, its bytes changed since training, it was made by an
-        incompatible version, or it contains types outside scikit-learn, numpy and clvtier.
+        Naming ``metadata.json``.
     """
     import json
 
-    import skops.io as sio
-
     from clvtier.errors import ModelError
 
-    directory = Path(directory)
-    meta_path = directory / METADATA_FILE
-    model_path = directory / MODEL_FILE
-    if not meta_path.is_file() or not model_path.is_file():
-        raise ModelError(
-            f"{directory} is not a clvtier model directory (no {METADATA_FILE} / {MODEL_FILE}).",
-            "Pass the RUN_DIR written by 'clvtier train'.",
-        )
+    path = Path(directory) / METADATA_FILE
+    if not path.is_file():
+        raise ModelError(f"{directory} is not a clvtier run directory (no {METADATA_FILE}).",
+                         "Pass the RUN_DIR written by 'clvtier train'.")
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = json.loads(path.read_bytes().decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{meta_path} is not valid JSON ({exc}).", "Train the model again.") from None
+        raise ModelError(f"{path} is not valid JSON ({exc}).", "Train the model again.") from None
     if meta.get("format_version") != FORMAT_VERSION:
         raise ModelError(
             f"model format {meta.get('format_version')} is not supported by this clvtier "
             f"(format {FORMAT_VERSION}).",
             "Train the model again with this version of clvtier.",
         )
-    if file_sha256(model_path) != meta.get("model_sha256"):
-        raise ModelError(
-            f"{model_path} changed after training (its SHA-256 does not match metadata.json).",
-            "Use the model files exactly as 'clvtier train' wrote them, or train again.",
-        )
+    # The versions before the hash: a run from another installation is explained by its versions.
     mine = library_versions()
     saved = meta.get("versions", {})
     for lib in ("clvtier", "scikit-learn"):
@@ -225,8 +237,43 @@ def load_model(directory: str | Path) -> tuple[object, dict]:
                 f"the model was saved with {lib} {want}, this installation has {lib} {have}.",
                 f"Install {lib}=={want} to use this model, or train it again.",
             )
+    if meta.get(METADATA_HASH) != metadata_sha256(meta):
+        raise ModelError(f"{path} changed after training (its SHA-256 does not match the one it recorded).",
+                         _AS_WRITTEN)
+    return meta
+
+
+def load_model(directory: str | Path) -> tuple[object, dict]:
+    """Load a model bundle, refusing anything tampered with, incompatible, or of unknown types.
+
+    Raises
+    ------
+    ModelError
+        When the bundle is missing, its model or metadata changed since training, it was made
+        by an incompatible version, or it contains types clvtier does not save.
+    """
+    import hashlib
+
+    import skops.io as sio
+
+    from clvtier.errors import ModelError
+
+    directory = Path(directory)
+    meta_path = directory / METADATA_FILE
+    model_path = directory / MODEL_FILE
+    if not meta_path.is_file() or not model_path.is_file():
+        raise ModelError(
+            f"{directory} is not a clvtier model directory (no {METADATA_FILE} / {MODEL_FILE}).",
+            "Pass the RUN_DIR written by 'clvtier train'.",
+        )
+    meta = read_metadata(directory)
+    # Hashed, checked and loaded from the same bytes: the file cannot change in between.
+    raw = model_path.read_bytes()
+    if hashlib.sha256(raw).hexdigest() != meta.get("model_sha256"):
+        raise ModelError(
+            f"{model_path} changed after training (its SHA-256 does not match {METADATA_FILE}).", _AS_WRITTEN)
     try:
-        untrusted = sio.get_untrusted_types(file=model_path)
+        untrusted = sio.get_untrusted_types(data=raw)
     except Exception as exc:
         raise ModelError(f"{model_path} is not a readable skops file ({exc}).", "Train again.") from None
     unknown = [t for t in untrusted if t not in TRUSTED_TYPES]
@@ -236,10 +283,37 @@ def load_model(directory: str | Path) -> tuple[object, dict]:
             "Only load models trained by clvtier; train the model again.",
         )
     try:
-        pipeline = sio.load(model_path, trusted=untrusted)
+        pipeline = sio.loads(raw, trusted=untrusted)
     except Exception as exc:
         raise ModelError(f"{model_path} cannot be loaded ({exc}).", "Train the model again.") from None
     return pipeline, meta
+
+
+def read_run_file(directory: str | Path, meta: Mapping[str, Any], name: str) -> bytes | None:
+    """The bytes of the file ``name`` of a run, checked against the SHA-256 its metadata recorded.
+
+    ``meta`` comes from :func:`read_metadata`. ``None`` when the run has no such file
+    (training writes some files only for some runs).
+
+    Raises
+    ------
+    ModelError
+        When the file is missing or changed after training.
+    """
+    import hashlib
+
+    from clvtier.errors import ModelError
+
+    if name not in meta["files"]:
+        return None
+    path = Path(directory) / name
+    if not path.is_file():
+        raise ModelError(f"{path} is missing ({METADATA_FILE} lists it as a file of this run).", _AS_WRITTEN)
+    raw = path.read_bytes()
+    if hashlib.sha256(raw).hexdigest() != meta["files"][name]:
+        raise ModelError(f"{path} changed after training (its SHA-256 does not match {METADATA_FILE}).",
+                         _AS_WRITTEN)
+    return raw
 
 
 def frame_fingerprint(frame: object) -> str:
@@ -255,7 +329,9 @@ def frame_fingerprint(frame: object) -> str:
 def write_run(result: object, run_dir: str | Path, command: str = "", extra: dict | None = None) -> Path:
     """Write a training run atomically: model, metadata, metrics, CV table, test predictions.
 
-    Nothing appears at ``run_dir`` unless every file was written.
+    Nothing appears at ``run_dir`` unless every file was written. The metadata records
+    the SHA-256 of each file (:func:`save_model`): files written into the run directory
+    later, such as the report, are not part of the run.
     """
     import json
 
@@ -292,7 +368,6 @@ def write_run(result: object, run_dir: str | Path, command: str = "", extra: dic
         }
         if extra:
             metadata.update(extra)
-        save_model(r.pipeline, tmp, metadata)
         metrics = dict(r.metrics)
         metrics["timings_seconds"] = r.timings
         metrics["warnings"] = r.warnings
@@ -301,6 +376,8 @@ def write_run(result: object, run_dir: str | Path, command: str = "", extra: dic
         safe_csv_frame(r.predictions).to_csv(tmp / "test_predictions.csv", index=False)
         if r.values is not None:
             safe_csv_frame(r.values).to_csv(tmp / "values.csv", index=False)
+        # Last: the metadata records the SHA-256 of every file above.
+        save_model(r.pipeline, tmp, metadata, files=sorted(p.name for p in tmp.iterdir()))
     return run_dir
 
 
