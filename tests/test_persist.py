@@ -1,5 +1,5 @@
 """Saved models load safely: exactly the types clvtier saves are trusted, nothing else runs; a model whose
-files changed after training is refused, naming the file."""
+files changed after training or are damaged is refused, naming the file."""
 
 from __future__ import annotations
 
@@ -159,4 +159,42 @@ def test_a_run_of_the_earlier_format_is_refused_with_its_format(copy_of: Path) -
     _edit(copy_of, earlier)
     with pytest.raises(ModelError, match=rf"model format 1 is not supported by this clvtier \(format {FORMAT_VERSION}\)"
                                          r"\. Fix: Train the model again"):
+        load_model(copy_of)
+
+
+def _drop_first_feature(m: dict[str, Any]) -> None:
+    m["feature_dtypes"].pop(m["feature_names"].pop(0))
+
+
+@pytest.mark.parametrize(("edit", "damage"), [
+    (lambda m: m.pop("feature_names"), "'feature_names' is missing"),
+    (lambda m: m.pop("feature_dtypes"), "'feature_dtypes' is missing"),
+    (lambda m: m.pop("feature_spec"), "'feature_spec' is missing"),
+    (lambda m: m.pop("reference"), "'reference' is missing"),
+    (lambda m: m.update(feature_names="n_transactions"), "'feature_names' is text, not a list"),
+    (lambda m: m.update(reference=[]), "'reference' is a list, not an object"),
+    (lambda m: m.update(horizon_days="365"), "'horizon_days' is text, not a whole number"),
+    (lambda m: m.update(describes_past_only="no"), "'describes_past_only' is text, not true or false"),
+    (lambda m: m["feature_dtypes"].pop("n_transactions"),
+     "'feature_dtypes' does not give one dtype for each of 'feature_names'"),
+    (lambda m: m.update(feature_spec={"categories": "Electronics"}), "'feature_spec' is not lists of names"),
+    (_drop_first_feature, "'feature_names' are not the \\d+ features .*model.skops was fitted on"),
+    (lambda m: m["feature_names"].reverse(), "'feature_names' are not the \\d+ features .*model.skops was fitted on"),
+    (lambda m: m.pop("versions"), "'versions' does not name the clvtier and scikit-learn versions"),
+    (lambda m: m["versions"].update(clvtier=1), "'versions' does not name the clvtier and scikit-learn versions"),
+], ids=["no-names", "no-dtypes", "no-spec", "no-reference", "names-text", "reference-list", "horizon-text",
+        "flag-text", "dtype-missing", "spec-text", "names-shorter", "names-reversed", "no-versions",
+        "version-number"])
+def test_damaged_metadata_is_refused_naming_the_key(copy_of: Path, edit: Callable[[dict[str, Any]], Any],
+                                                    damage: str) -> None:
+    reseal(copy_of, edit)  # as if written so: the hash alone would not catch it
+    with pytest.raises(ModelError, match=rf"metadata\.json is damaged: {damage}.*Fix: Use the files of the run "
+                                         "directory exactly as 'clvtier train' wrote them, or train again"):
+        load_model(copy_of)
+
+
+@pytest.mark.parametrize(("text", "kind"), [("[1, 2]", "a list"), ("null", "null"), ('"run"', "text")])
+def test_metadata_that_is_not_an_object_is_refused(copy_of: Path, text: str, kind: str) -> None:
+    (copy_of / METADATA_FILE).write_text(text)
+    with pytest.raises(ModelError, match=rf"metadata\.json is damaged: it holds {kind}, not a JSON object"):
         load_model(copy_of)

@@ -198,12 +198,13 @@ def metadata_sha256(meta: Mapping[str, Any]) -> str:
 
 
 def read_metadata(directory: str | Path) -> dict[str, Any]:
-    """The metadata of a run directory, checked: of this format and compatible versions, unchanged since training.
+    """The metadata of a run directory, checked: of this format and compatible versions, unchanged since
+    training, and holding every key scoring reads, with its type.
 
     Raises
     ------
     ModelError
-        Naming ``metadata.json``.
+        Naming ``metadata.json`` (and the key, when one is missing or of the wrong type).
     """
     import json
 
@@ -217,6 +218,8 @@ def read_metadata(directory: str | Path) -> dict[str, Any]:
         meta = json.loads(path.read_bytes().decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelError(f"{path} is not valid JSON ({exc}).", "Train the model again.") from None
+    if not isinstance(meta, dict):
+        raise ModelError(f"{path} is damaged: it holds {_json_kind(meta)}, not a JSON object.", _AS_WRITTEN)
     if meta.get("format_version") != FORMAT_VERSION:
         raise ModelError(
             f"model format {meta.get('format_version')} is not supported by this clvtier "
@@ -224,12 +227,15 @@ def read_metadata(directory: str | Path) -> dict[str, Any]:
             "Train the model again with this version of clvtier.",
         )
     # The versions before the hash: a run from another installation is explained by its versions.
+    saved = meta.get("versions")
+    if not (isinstance(saved, dict) and all(isinstance(saved.get(lib), str) for lib in ("clvtier", "scikit-learn"))):
+        raise ModelError(f"{path} is damaged: 'versions' does not name the clvtier and scikit-learn versions.",
+                         _AS_WRITTEN)
     mine = library_versions()
-    saved = meta.get("versions", {})
     for lib in ("clvtier", "scikit-learn"):
-        have, want = mine.get(lib), saved.get(lib)
+        have, want = mine.get(lib), saved[lib]
         if lib == "clvtier":
-            compatible = (have or "").split(".")[:2] == (want or "").split(".")[:2]
+            compatible = (have or "").split(".")[:2] == want.split(".")[:2]
         else:
             compatible = have == want
         if not compatible:
@@ -240,7 +246,59 @@ def read_metadata(directory: str | Path) -> dict[str, Any]:
     if meta.get(METADATA_HASH) != metadata_sha256(meta):
         raise ModelError(f"{path} changed after training (its SHA-256 does not match the one it recorded).",
                          _AS_WRITTEN)
+    problem = _metadata_problem(meta)
+    if problem:
+        raise ModelError(f"{path} is damaged: {problem}.", _AS_WRITTEN)
     return meta
+
+
+#: The keys of the metadata that scoring, the report and the service read, and their JSON types.
+_REQUIRED_KEYS: dict[str, type] = {
+    "model_sha256": str, "files": dict, "feature_names": list, "feature_dtypes": dict, "feature_spec": dict,
+    "reference": dict,
+}
+_OPTIONAL_KEYS: dict[str, type] = {
+    "chosen_model": str, "mode": str, "target": str, "cutoff": str, "created": str, "horizon_days": int,
+    "describes_past_only": bool, "thresholds": dict, "headline": dict, "not_time_bounded": list,
+}
+_JSON_KINDS = {str: "text", int: "a whole number", bool: "true or false", list: "a list", dict: "an object"}
+_SPEC_KEYS = ("categories", "promotion_types", "tables")
+
+
+def _json_kind(value: Any) -> str:
+    """What a parsed JSON value is, in words."""
+    if value is None:
+        return "null"
+    if isinstance(value, float) or (isinstance(value, int) and not isinstance(value, bool)):
+        return "a number"
+    return _JSON_KINDS.get(type(value), type(value).__name__)
+
+
+def _metadata_problem(meta: dict[str, Any]) -> str:
+    """What is wrong with the keys of a run's metadata, in words ('' when nothing is)."""
+    for key, kind in {**_REQUIRED_KEYS, **_OPTIONAL_KEYS}.items():
+        if key not in meta:
+            if key in _REQUIRED_KEYS:
+                return f"'{key}' is missing"
+            continue
+        value = meta[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            return f"'{key}' is {_json_kind(value)}, not {_JSON_KINDS[kind]}"
+
+    def texts(values: Any) -> bool:
+        return all(isinstance(v, str) for v in values)
+
+    names = meta["feature_names"]
+    if not names or not texts(names) or len(set(names)) != len(names):
+        return "'feature_names' is not a list of distinct feature names"
+    if set(meta["feature_dtypes"]) != set(names) or not texts(meta["feature_dtypes"].values()):
+        return "'feature_dtypes' does not give one dtype for each of 'feature_names'"
+    spec = meta["feature_spec"]
+    if not set(spec) <= set(_SPEC_KEYS) or not all(isinstance(v, list) and texts(v) for v in spec.values()):
+        return f"'feature_spec' is not lists of names under {', '.join(_SPEC_KEYS)}"
+    if not texts(meta["files"].values()):
+        return "'files' does not map each file to its SHA-256"
+    return ""
 
 
 def load_model(directory: str | Path) -> tuple[object, dict]:
@@ -249,8 +307,9 @@ def load_model(directory: str | Path) -> tuple[object, dict]:
     Raises
     ------
     ModelError
-        When the bundle is missing, its model or metadata changed since training, it was made
-        by an incompatible version, or it contains types clvtier does not save.
+        When the bundle is missing, its model or metadata changed since training, the metadata
+        lacks what scoring reads, it was made by an incompatible version, or it contains types
+        clvtier does not save.
     """
     import hashlib
 
@@ -269,7 +328,7 @@ def load_model(directory: str | Path) -> tuple[object, dict]:
     meta = read_metadata(directory)
     # Hashed, checked and loaded from the same bytes: the file cannot change in between.
     raw = model_path.read_bytes()
-    if hashlib.sha256(raw).hexdigest() != meta.get("model_sha256"):
+    if hashlib.sha256(raw).hexdigest() != meta["model_sha256"]:
         raise ModelError(
             f"{model_path} changed after training (its SHA-256 does not match {METADATA_FILE}).", _AS_WRITTEN)
     try:
@@ -286,6 +345,10 @@ def load_model(directory: str | Path) -> tuple[object, dict]:
         pipeline = sio.loads(raw, trusted=untrusted)
     except Exception as exc:
         raise ModelError(f"{model_path} cannot be loaded ({exc}).", "Train the model again.") from None
+    fitted_on = getattr(pipeline, "feature_names_in_", None)
+    if fitted_on is not None and [str(c) for c in fitted_on] != meta["feature_names"]:
+        raise ModelError(f"{meta_path} is damaged: 'feature_names' are not the {len(fitted_on)} features "
+                         f"{model_path} was fitted on, in their order.", _AS_WRITTEN)
     return pipeline, meta
 
 
