@@ -1,5 +1,5 @@
 """Saved models load safely: exactly the types clvtier saves are trusted, nothing else runs; a model whose
-files changed after training or are damaged is refused, naming the file."""
+files changed after training, are damaged or cannot be read is refused, naming the file."""
 
 from __future__ import annotations
 
@@ -197,4 +197,42 @@ def test_damaged_metadata_is_refused_naming_the_key(copy_of: Path, edit: Callabl
 def test_metadata_that_is_not_an_object_is_refused(copy_of: Path, text: str, kind: str) -> None:
     (copy_of / METADATA_FILE).write_text(text)
     with pytest.raises(ModelError, match=rf"metadata\.json is damaged: it holds {kind}, not a JSON object"):
+        load_model(copy_of)
+
+
+@pytest.mark.parametrize("name", [MODEL_FILE, METADATA_FILE])
+def test_an_unreadable_file_is_an_unusable_model(copy_of: Path, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from clvtier.cli import app
+    from clvtier.errors import EXIT_BAD_MODEL
+
+    # Permission bits do not stop root (who runs these tests in CI): the read fails as it would for another user.
+    read_bytes = Path.read_bytes
+
+    def denied(self: Path) -> bytes:
+        if self.name == name:
+            raise PermissionError(13, "Permission denied", str(self))
+        return read_bytes(self)
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    with pytest.raises(ModelError, match=rf"cannot read .*{name} \(permission denied\)\. Fix: Give this user "
+                                         "read permission on the run directory"):
+        load_model(copy_of)
+    result = CliRunner().invoke(app, ["report", str(copy_of)])
+    assert result.exit_code == EXIT_BAD_MODEL, result.output
+    assert f"{name} (permission denied)" in result.output and "Traceback" not in result.output
+
+
+def test_a_run_directory_that_cannot_be_searched_is_an_unusable_model(copy_of: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    is_file = Path.is_file
+
+    def denied(self: Path) -> bool:
+        if self.parent == copy_of:  # as for a directory without execute permission for this user
+            raise PermissionError(13, "Permission denied", str(self))
+        return is_file(self)
+
+    monkeypatch.setattr(Path, "is_file", denied)
+    with pytest.raises(ModelError, match=r"cannot read .*metadata\.json \(permission denied\)"):
         load_model(copy_of)

@@ -676,6 +676,20 @@ def test_files_written_into_the_run_later_are_not_checked(copy_of: Path) -> None
     assert report.write_report(copy_of).read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
 
 
+def test_an_unreadable_file_of_the_run_is_refused(copy_of: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    read_bytes = Path.read_bytes
+
+    def denied(self: Path) -> bytes:
+        if self.name == "values.csv":  # permission bits do not stop root: fail as for another user
+            raise PermissionError(13, "Permission denied", str(self))
+        return read_bytes(self)
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    with pytest.raises(ModelError, match=r"cannot read .*values\.csv \(permission denied\)\. Fix: Give this user "
+                                         "read permission"):
+        report.render_report(copy_of)
+
+
 # ----------------------------------------------------------------------------- formatting
 
 

@@ -211,11 +211,11 @@ def read_metadata(directory: str | Path) -> dict[str, Any]:
     from clvtier.errors import ModelError
 
     path = Path(directory) / METADATA_FILE
-    if not path.is_file():
+    if not _is_file(path):
         raise ModelError(f"{directory} is not a clvtier run directory (no {METADATA_FILE}).",
                          "Pass the RUN_DIR written by 'clvtier train'.")
     try:
-        meta = json.loads(path.read_bytes().decode("utf-8"))
+        meta = json.loads(_read(path).decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelError(f"{path} is not valid JSON ({exc}).", "Train the model again.") from None
     if not isinstance(meta, dict):
@@ -307,9 +307,9 @@ def load_model(directory: str | Path) -> tuple[object, dict]:
     Raises
     ------
     ModelError
-        When the bundle is missing, its model or metadata changed since training, the metadata
-        lacks what scoring reads, it was made by an incompatible version, or it contains types
-        clvtier does not save.
+        When the bundle is missing or unreadable, its model or metadata changed since training,
+        the metadata lacks what scoring reads, it was made by an incompatible version, or it
+        contains types clvtier does not save.
     """
     import hashlib
 
@@ -320,14 +320,14 @@ def load_model(directory: str | Path) -> tuple[object, dict]:
     directory = Path(directory)
     meta_path = directory / METADATA_FILE
     model_path = directory / MODEL_FILE
-    if not meta_path.is_file() or not model_path.is_file():
+    if not _is_file(meta_path) or not _is_file(model_path):
         raise ModelError(
             f"{directory} is not a clvtier model directory (no {METADATA_FILE} / {MODEL_FILE}).",
             "Pass the RUN_DIR written by 'clvtier train'.",
         )
     meta = read_metadata(directory)
     # Hashed, checked and loaded from the same bytes: the file cannot change in between.
-    raw = model_path.read_bytes()
+    raw = _read(model_path)
     if hashlib.sha256(raw).hexdigest() != meta["model_sha256"]:
         raise ModelError(
             f"{model_path} changed after training (its SHA-256 does not match {METADATA_FILE}).", _AS_WRITTEN)
@@ -361,7 +361,7 @@ def read_run_file(directory: str | Path, meta: Mapping[str, Any], name: str) -> 
     Raises
     ------
     ModelError
-        When the file is missing or changed after training.
+        When the file is missing, unreadable, or changed after training.
     """
     import hashlib
 
@@ -370,13 +370,37 @@ def read_run_file(directory: str | Path, meta: Mapping[str, Any], name: str) -> 
     if name not in meta["files"]:
         return None
     path = Path(directory) / name
-    if not path.is_file():
+    if not _is_file(path):
         raise ModelError(f"{path} is missing ({METADATA_FILE} lists it as a file of this run).", _AS_WRITTEN)
-    raw = path.read_bytes()
+    raw = _read(path)
     if hashlib.sha256(raw).hexdigest() != meta["files"][name]:
         raise ModelError(f"{path} changed after training (its SHA-256 does not match {METADATA_FILE}).",
                          _AS_WRITTEN)
     return raw
+
+
+def _read(path: Path) -> bytes:
+    """A run file's bytes; a file that cannot be read makes the run unusable (not an output problem)."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
+
+
+def _is_file(path: Path) -> bool:
+    """Whether a run file exists; raised for one that cannot even be looked up (a directory without access)."""
+    try:
+        return path.is_file()
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
+
+
+def _unreadable(path: Path, exc: OSError) -> Exception:
+    from clvtier.errors import ModelError
+
+    reason = (exc.strerror or type(exc).__name__).lower()
+    return ModelError(f"cannot read {path} ({reason}).",
+                      "Give this user read permission on the run directory and its files, or train again.")
 
 
 def frame_fingerprint(frame: object) -> str:
