@@ -676,6 +676,21 @@ def test_files_written_into_the_run_later_are_not_checked(copy_of: Path) -> None
     assert report.write_report(copy_of).read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
 
 
+@pytest.mark.parametrize(("name", "content", "problem"), [
+    ("metrics.json", b"[]", r"metrics\.json is damaged: it is not a JSON object"),
+    ("metrics.json", b'{"chosen": ', r"metrics\.json is not valid JSON"),
+    ("metrics.json", b"\xff\xfe{}", r"metrics\.json is not valid JSON"),
+    ("test_predictions.csv", b'garbage,"', r"test_predictions\.csv is not a readable CSV file"),
+    ("values.csv", b"", r"values\.csv is not a readable CSV file"),
+], ids=["json-list", "json-cut", "json-bytes", "csv-quote", "csv-empty"])
+def test_a_damaged_file_of_the_run_is_refused_naming_it(copy_of: Path, name: str, content: bytes,
+                                                         problem: str) -> None:
+    (copy_of / name).write_bytes(content)
+    reseal(copy_of)  # as if training had written it so
+    with pytest.raises(ModelError, match=problem + r".*Fix: Train the model again"):
+        report.render_report(copy_of)
+
+
 def test_an_unreadable_file_of_the_run_is_refused(copy_of: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     read_bytes = Path.read_bytes
 

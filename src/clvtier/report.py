@@ -194,17 +194,23 @@ def _read_json(run_dir: Path, meta: Mapping[str, Any], name: str) -> dict[str, A
         raise ModelError(f"{path} is not a file of this run ({METADATA_FILE} does not list it).",
                          "Pass the RUN_DIR written by 'clvtier train'.")
     try:
-        return json.loads(raw.decode("utf-8"))
+        data = json.loads(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path} is not valid JSON ({exc}).", "Train the model again.") from None
+        raise ModelError(f"{path} is not valid JSON ({exc}).", "Train the model again.") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{path} is damaged: it is not a JSON object.", "Train the model again.")
+    return data
 
 
 def _read_csv(run_dir: Path, meta: Mapping[str, Any], name: str) -> pd.DataFrame | None:
     raw = read_run_file(run_dir, meta, name)
     if raw is None:
         return None
-    # Ids stay text: "007" is not 7, and a hostile id is shown exactly as written.
-    return pd.read_csv(io.BytesIO(raw), dtype={"customer_id": str}, keep_default_na=False, na_values=[""])
+    try:
+        # Ids stay text: "007" is not 7, and a hostile id is shown exactly as written.
+        return pd.read_csv(io.BytesIO(raw), dtype={"customer_id": str}, keep_default_na=False, na_values=[""])
+    except ValueError as exc:  # pandas' ParserError and EmptyDataError, a UnicodeDecodeError
+        raise ModelError(f"{run_dir / name} is not a readable CSV file ({exc}).", "Train the model again.") from None
 
 
 def _load(run_dir: Path) -> _Run:
@@ -1114,8 +1120,8 @@ def render_report(run_dir: str | Path) -> str:
     InputError
         When ``run_dir`` is not a directory.
     ModelError
-        When it is not a run directory, or a file of the run is missing or changed after
-        training (each file is checked against the SHA-256 in ``metadata.json``).
+        When it is not a run directory, or a file of the run is missing, unreadable, damaged or changed
+        after training (each file is checked against the SHA-256 in ``metadata.json``).
     """
     run = _load(Path(run_dir))
     return _environment().get_template(TEMPLATE).render(**_context(run))
