@@ -178,12 +178,14 @@ def _drop_first_feature(m: dict[str, Any]) -> None:
     (lambda m: m["feature_dtypes"].pop("n_transactions"),
      "'feature_dtypes' does not give one dtype for each of 'feature_names'"),
     (lambda m: m.update(feature_spec={"categories": "Electronics"}), "'feature_spec' is not lists of names"),
+    (lambda m: m.update(feature_spec={"colours": ["red"]}), "'feature_spec' is not lists of names under categories, "
+                                                            "promotion_types, tables"),
     (_drop_first_feature, "'feature_names' are not the \\d+ features .*model.skops was fitted on"),
     (lambda m: m["feature_names"].reverse(), "'feature_names' are not the \\d+ features .*model.skops was fitted on"),
     (lambda m: m.pop("versions"), "'versions' does not name the clvtier and scikit-learn versions"),
     (lambda m: m["versions"].update(clvtier=1), "'versions' does not name the clvtier and scikit-learn versions"),
 ], ids=["no-names", "no-dtypes", "no-spec", "no-reference", "names-text", "reference-list", "horizon-text",
-        "flag-text", "dtype-missing", "spec-text", "names-shorter", "names-reversed", "no-versions",
+        "flag-text", "dtype-missing", "spec-text", "spec-key", "names-shorter", "names-reversed", "no-versions",
         "version-number"])
 def test_damaged_metadata_is_refused_naming_the_key(copy_of: Path, edit: Callable[[dict[str, Any]], Any],
                                                     damage: str) -> None:

@@ -262,7 +262,6 @@ _OPTIONAL_KEYS: dict[str, type] = {
     "describes_past_only": bool, "thresholds": dict, "headline": dict, "not_time_bounded": list,
 }
 _JSON_KINDS = {str: "text", int: "a whole number", bool: "true or false", list: "a list", dict: "an object"}
-_SPEC_KEYS = ("categories", "promotion_types", "tables")
 
 
 def _json_kind(value: Any) -> str:
@@ -276,6 +275,10 @@ def _json_kind(value: Any) -> str:
 
 def _metadata_problem(meta: dict[str, Any]) -> str:
     """What is wrong with the keys of a run's metadata, in words ('' when nothing is)."""
+    from dataclasses import fields
+
+    from clvtier.features import FeatureSpec
+
     for key, kind in {**_REQUIRED_KEYS, **_OPTIONAL_KEYS}.items():
         if key not in meta:
             if key in _REQUIRED_KEYS:
@@ -293,9 +296,9 @@ def _metadata_problem(meta: dict[str, Any]) -> str:
         return "'feature_names' is not a list of distinct feature names"
     if set(meta["feature_dtypes"]) != set(names) or not texts(meta["feature_dtypes"].values()):
         return "'feature_dtypes' does not give one dtype for each of 'feature_names'"
-    spec = meta["feature_spec"]
-    if not set(spec) <= set(_SPEC_KEYS) or not all(isinstance(v, list) and texts(v) for v in spec.values()):
-        return f"'feature_spec' is not lists of names under {', '.join(_SPEC_KEYS)}"
+    spec, spec_keys = meta["feature_spec"], [f.name for f in fields(FeatureSpec)]
+    if not set(spec) <= set(spec_keys) or not all(isinstance(v, list) and texts(v) for v in spec.values()):
+        return f"'feature_spec' is not lists of names under {', '.join(spec_keys)}"
     if not texts(meta["files"].values()):
         return "'files' does not map each file to its SHA-256"
     return ""
