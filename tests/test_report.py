@@ -13,9 +13,10 @@ import pandas as pd
 import pytest
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from test_persist import reseal
 
 from clvtier import plotting, report
-from clvtier.errors import InputError
+from clvtier.errors import EXIT_BAD_MODEL, InputError, ModelError
 from clvtier.evaluate import gains_curve, reliability_curve
 from clvtier.target import TIERS
 
@@ -233,6 +234,7 @@ def test_a_constant_score_is_found_in_the_predictions(copy_of: Path) -> None:
     preds = pd.read_csv(copy_of / "test_predictions.csv", dtype={"customer_id": str})
     preds["baseline_carry_forward_score"] = 100.0
     preds.to_csv(copy_of / "test_predictions.csv", index=False)
+    reseal(copy_of)
     html = report.render_report(copy_of)
     assert headline_cells(html, "lift_top25")["Carry-forward (tier of past spend)"] == "–"
     assert headline_cells(html, "macro_f1")["Carry-forward (tier of past spend)"] != "–"  # a tier metric still counts
@@ -511,15 +513,18 @@ def copy_of(run_dir: Path, tmp_path: Path) -> Path:
 
 
 def _edit_json(path: Path, edit) -> None:
+    """Edit a file of a run, and record its new SHA-256 as training would (the hashes have tests of their own)."""
     data = json.loads(path.read_text())
     edit(data)
     path.write_text(json.dumps(data))
+    reseal(path.parent)
 
 
 def test_hostile_values_are_shown_as_text(copy_of: Path) -> None:
     preds = pd.read_csv(copy_of / "test_predictions.csv", dtype={"customer_id": str})
     preds.loc[0, "customer_id"] = HOSTILE_ID
     preds.to_csv(copy_of / "test_predictions.csv", index=False)
+    reseal(copy_of)
 
     def edit_metrics(m: dict) -> None:
         m["examples"][0]["customer_id"] = HOSTILE_ID
@@ -594,13 +599,14 @@ def test_a_feature_group_shows_its_members_values(copy_of: Path) -> None:
 def test_a_run_without_optional_files_still_renders(copy_of: Path) -> None:
     (copy_of / "values.csv").unlink()
     (copy_of / "test_predictions.csv").unlink()
+    reseal(copy_of)  # a run written without them
     _edit_json(copy_of / "metrics.json", lambda m: m.update(backtest=[], examples=[], importance=[]))
     text = text_of(report.render_report(copy_of))
     assert "no test predictions" in text and "no feature importance" in text
 
 
 def test_not_a_run_directory(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="does not exist"):
+    with pytest.raises(ModelError, match="is not a clvtier run directory"):
         report.write_report(tmp_path)
     with pytest.raises(InputError, match="not a directory"):
         report.write_report(tmp_path / "missing")
@@ -617,6 +623,86 @@ def test_cli_report_command(run_dir: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["report", str(target)])
     assert result.exit_code == 0, result.output
     assert (target / "report.html").is_file()
+
+
+# ----------------------------------------------------------------------------- the files of the run
+
+
+def test_the_run_records_the_sha256_of_every_file_it_wrote(run_dir: Path) -> None:
+    import hashlib
+
+    meta = json.loads((run_dir / "metadata.json").read_text())
+    assert sorted(meta["files"]) == ["cv.csv", "metrics.json", "test_predictions.csv", "values.csv"]
+    for name, digest in meta["files"].items():
+        assert hashlib.sha256((run_dir / name).read_bytes()).hexdigest() == digest, name
+
+
+def test_the_metrics_of_another_run_are_refused(run_dir: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from clvtier.cli import app
+
+    target = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    (target / "report.html").unlink(missing_ok=True)
+    metrics = json.loads((target / "metrics.json").read_text())
+    metrics.update(chosen="random_forest", mode="snapshot", describes_past_only=True)
+    (target / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    result = CliRunner().invoke(app, ["report", str(target)])
+    assert result.exit_code == EXIT_BAD_MODEL, result.output
+    text = " ".join(result.output.split())
+    assert "metrics.json changed after training (its SHA-256 does not match metadata.json)" in text
+    assert "Fix: Use the files of the run directory exactly as 'clvtier train' wrote them" in text
+    assert not (target / "report.html").exists()
+
+
+@pytest.mark.parametrize("name", ["test_predictions.csv", "values.csv"])
+def test_a_table_changed_after_training_is_refused(copy_of: Path, name: str) -> None:
+    path = copy_of / name
+    path.write_bytes(b"".join(path.read_bytes().splitlines(keepends=True)[:-1]))  # a row fewer
+    with pytest.raises(ModelError, match=rf"{name} changed after training"):
+        report.render_report(copy_of)
+
+
+def test_a_missing_file_of_the_run_is_refused(copy_of: Path) -> None:
+    (copy_of / "test_predictions.csv").unlink()
+    with pytest.raises(ModelError, match=r"test_predictions\.csv is missing \(metadata\.json lists it as a file "
+                                         r"of this run\)"):
+        report.render_report(copy_of)
+
+
+def test_files_written_into_the_run_later_are_not_checked(copy_of: Path) -> None:
+    report.write_report(copy_of)
+    (copy_of / "scores.csv").write_text("customer_id,tier\n1,High\n")  # e.g. clvtier demo's scores
+    assert report.write_report(copy_of).read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+
+
+@pytest.mark.parametrize(("name", "content", "problem"), [
+    ("metrics.json", b"[]", r"metrics\.json is damaged: it is not a JSON object"),
+    ("metrics.json", b'{"chosen": ', r"metrics\.json is not valid JSON"),
+    ("metrics.json", b"\xff\xfe{}", r"metrics\.json is not valid JSON"),
+    ("test_predictions.csv", b'garbage,"', r"test_predictions\.csv is not a readable CSV file"),
+    ("values.csv", b"", r"values\.csv is not a readable CSV file"),
+], ids=["json-list", "json-cut", "json-bytes", "csv-quote", "csv-empty"])
+def test_a_damaged_file_of_the_run_is_refused_naming_it(copy_of: Path, name: str, content: bytes,
+                                                         problem: str) -> None:
+    (copy_of / name).write_bytes(content)
+    reseal(copy_of)  # as if training had written it so
+    with pytest.raises(ModelError, match=problem + r".*Fix: Train the model again"):
+        report.render_report(copy_of)
+
+
+def test_an_unreadable_file_of_the_run_is_refused(copy_of: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    read_bytes = Path.read_bytes
+
+    def denied(self: Path) -> bytes:
+        if self.name == "values.csv":  # permission bits do not stop root: fail as for another user
+            raise PermissionError(13, "Permission denied", str(self))
+        return read_bytes(self)
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    with pytest.raises(ModelError, match=r"cannot read .*values\.csv \(permission denied\)\. Fix: Give this user "
+                                         "read permission"):
+        report.render_report(copy_of)
 
 
 # ----------------------------------------------------------------------------- formatting

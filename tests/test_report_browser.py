@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from test_persist import reseal
 
 from clvtier import report
 
@@ -133,6 +134,7 @@ def test_hostile_values_stay_text_in_chromium(browser, run_dir: Path, tmp_path: 
     meta = json.loads((target / "metadata.json").read_text())
     meta["command"] = f"clvtier train {LONG}"
     (target / "metadata.json").write_text(json.dumps(meta))
+    reseal(target)  # the edits above as if training had written them
 
     seen = _open(browser, report.write_report(target), tmp_path / "hostile.png")
     _assert_clean(seen)  # no alert() ran, nothing fetched, long strings wrap instead of widening the page

@@ -757,6 +757,47 @@ def test_bad_model_fails_start_up(tmp_path: Path) -> None:
     assert isinstance(app.state.startup_error, ModelError)
 
 
+def _unscorable_copy(run_dir: Path, target: Path) -> Path:
+    """A copy of a run whose files are consistent but whose feature spec lacks a category the model needs."""
+    import shutil
+
+    from test_persist import reseal
+
+    bad = Path(shutil.copytree(run_dir, target))
+    reseal(bad, lambda m: m["feature_spec"]["categories"].pop())
+    return bad
+
+
+def test_a_model_that_cannot_score_fails_start_up(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    bad = _unscorable_copy(trained[1], tmp_path / "run")
+    load(bad)  # its files pass the checks
+    app = create_app(Settings(model_dir=bad))
+    with pytest.raises(ModelError, match=r"the model cannot score the example request at start-up \(the data lack "
+                                         r"1 feature\(s\) the model needs: \['share_"), TestClient(app):
+        pass
+    assert isinstance(app.state.startup_error, ModelError)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_clvtier_serve_refuses_a_model_that_cannot_score(trained: tuple[Path, Path], tmp_path: Path,
+                                                         workers: str) -> None:
+    import subprocess
+    import sys
+
+    from clvtier.errors import EXIT_BAD_MODEL
+    from clvtier.serve.process import free_port
+
+    bad = _unscorable_copy(trained[1], tmp_path / "run")
+    cmd = [sys.executable, "-c", "from clvtier.cli import main; main()",
+           "serve", "--model", str(bad), "--port", str(free_port()), "--workers", workers]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=90,
+                         env={k: v for k, v in os.environ.items() if not k.startswith("CLVTIER_")})
+    assert res.returncode == EXIT_BAD_MODEL, res.stderr
+    assert "Traceback" not in res.stderr + res.stdout
+    assert "the model cannot score the example request at start-up" in res.stderr and "Fix:" in res.stderr
+
+
 # -- OpenAPI ------------------------------------------------------------------------------------
 def test_openapi_snapshot(client: TestClient) -> None:
     schema = client.app.openapi()

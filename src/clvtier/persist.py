@@ -6,7 +6,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +109,11 @@ def _is_run(path: Path) -> bool:
 # -- model bundles --------------------------------------------------------------
 MODEL_FILE = "model.skops"
 METADATA_FILE = "metadata.json"
-FORMAT_VERSION = 1
+#: 2: metadata.json records the SHA-256 of every other file of the run, and of itself.
+FORMAT_VERSION = 2
+#: The key of the metadata's own SHA-256 (:func:`metadata_sha256`).
+METADATA_HASH = "metadata_sha256"
+_AS_WRITTEN = "Use the files of the run directory exactly as 'clvtier train' wrote them, or train again."
 
 #: The types and functions a clvtier model holds beyond those skops trusts by default,
 #: exactly: skops builds or calls each one while loading, so a name trusted by its module
@@ -153,10 +157,14 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def save_model(pipeline: object, directory: Path, metadata: dict) -> dict:
-    """Write ``model.skops`` and ``metadata.json`` (with the model's hash) into ``directory``.
+def save_model(pipeline: object, directory: Path, metadata: dict, files: Sequence[str] = ()) -> dict:
+    """Write ``model.skops`` and ``metadata.json`` into ``directory`` and return the metadata written.
 
-    skops stores the object graph as data, so loading never executes arbitrary code.
+    skops stores the object graph as data, so loading never executes arbitrary code. The
+    metadata records the SHA-256 of the model, of each of ``files`` (other files of the run,
+    written into ``directory`` before) and of itself (:func:`metadata_sha256`), so a file
+    changed after training is refused by name when it is read (:func:`load_model`,
+    :func:`read_run_file`).
     """
     import json
 
@@ -169,9 +177,131 @@ def save_model(pipeline: object, directory: Path, metadata: dict) -> dict:
     meta["format_version"] = FORMAT_VERSION
     meta["model_file"] = MODEL_FILE
     meta["model_sha256"] = file_sha256(model_path)
+    meta["files"] = {name: file_sha256(directory / name) for name in files}
     meta["versions"] = library_versions()
-    (directory / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=str))
+    meta = json.loads(json.dumps(meta, default=str))  # hashed as it will be read back
+    meta[METADATA_HASH] = metadata_sha256(meta)
+    (directory / METADATA_FILE).write_text(json.dumps(meta, indent=2))
     return meta
+
+
+def metadata_sha256(meta: Mapping[str, Any]) -> str:
+    """SHA-256 of a run's metadata without its own hash: its JSON with sorted keys and no spaces.
+
+    Over the parsed values, not the file's bytes, as the hash is stored in the file it covers.
+    """
+    import hashlib
+    import json
+
+    body = {k: v for k, v in meta.items() if k != METADATA_HASH}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def read_metadata(directory: str | Path) -> dict[str, Any]:
+    """The metadata of a run directory, checked: of this format and compatible versions, unchanged since
+    training, and holding every key scoring reads, with its type.
+
+    Raises
+    ------
+    ModelError
+        Naming ``metadata.json`` (and the key, when one is missing or of the wrong type).
+    """
+    import json
+
+    from clvtier.errors import ModelError
+
+    path = Path(directory) / METADATA_FILE
+    if not _is_file(path):
+        raise ModelError(f"{directory} is not a clvtier run directory (no {METADATA_FILE}).",
+                         "Pass the RUN_DIR written by 'clvtier train'.")
+    try:
+        meta = json.loads(_read(path).decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{path} is not valid JSON ({exc}).", "Train the model again.") from None
+    if not isinstance(meta, dict):
+        raise ModelError(f"{path} is damaged: it holds {_json_kind(meta)}, not a JSON object.", _AS_WRITTEN)
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ModelError(
+            f"model format {meta.get('format_version')} is not supported by this clvtier "
+            f"(format {FORMAT_VERSION}).",
+            "Train the model again with this version of clvtier.",
+        )
+    # The versions before the hash: a run from another installation is explained by its versions.
+    saved = meta.get("versions")
+    if not (isinstance(saved, dict) and all(isinstance(saved.get(lib), str) for lib in ("clvtier", "scikit-learn"))):
+        raise ModelError(f"{path} is damaged: 'versions' does not name the clvtier and scikit-learn versions.",
+                         _AS_WRITTEN)
+    mine = library_versions()
+    for lib in ("clvtier", "scikit-learn"):
+        have, want = mine.get(lib), saved[lib]
+        if lib == "clvtier":
+            compatible = (have or "").split(".")[:2] == want.split(".")[:2]
+        else:
+            compatible = have == want
+        if not compatible:
+            raise ModelError(
+                f"the model was saved with {lib} {want}, this installation has {lib} {have}.",
+                f"Install {lib}=={want} to use this model, or train it again.",
+            )
+    if meta.get(METADATA_HASH) != metadata_sha256(meta):
+        raise ModelError(f"{path} changed after training (its SHA-256 does not match the one it recorded).",
+                         _AS_WRITTEN)
+    problem = _metadata_problem(meta)
+    if problem:
+        raise ModelError(f"{path} is damaged: {problem}.", _AS_WRITTEN)
+    return meta
+
+
+#: The keys of the metadata that scoring, the report and the service read, and their JSON types.
+_REQUIRED_KEYS: dict[str, type] = {
+    "model_sha256": str, "files": dict, "feature_names": list, "feature_dtypes": dict, "feature_spec": dict,
+    "reference": dict,
+}
+_OPTIONAL_KEYS: dict[str, type] = {
+    "chosen_model": str, "mode": str, "target": str, "cutoff": str, "created": str, "horizon_days": int,
+    "describes_past_only": bool, "thresholds": dict, "headline": dict, "not_time_bounded": list,
+}
+_JSON_KINDS = {str: "text", int: "a whole number", bool: "true or false", list: "a list", dict: "an object"}
+
+
+def _json_kind(value: Any) -> str:
+    """What a parsed JSON value is, in words."""
+    if value is None:
+        return "null"
+    if isinstance(value, float) or (isinstance(value, int) and not isinstance(value, bool)):
+        return "a number"
+    return _JSON_KINDS.get(type(value), type(value).__name__)
+
+
+def _metadata_problem(meta: dict[str, Any]) -> str:
+    """What is wrong with the keys of a run's metadata, in words ('' when nothing is)."""
+    from dataclasses import fields
+
+    from clvtier.features import FeatureSpec
+
+    for key, kind in {**_REQUIRED_KEYS, **_OPTIONAL_KEYS}.items():
+        if key not in meta:
+            if key in _REQUIRED_KEYS:
+                return f"'{key}' is missing"
+            continue
+        value = meta[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            return f"'{key}' is {_json_kind(value)}, not {_JSON_KINDS[kind]}"
+
+    def texts(values: Any) -> bool:
+        return all(isinstance(v, str) for v in values)
+
+    names = meta["feature_names"]
+    if not names or not texts(names) or len(set(names)) != len(names):
+        return "'feature_names' is not a list of distinct feature names"
+    if set(meta["feature_dtypes"]) != set(names) or not texts(meta["feature_dtypes"].values()):
+        return "'feature_dtypes' does not give one dtype for each of 'feature_names'"
+    spec, spec_keys = meta["feature_spec"], [f.name for f in fields(FeatureSpec)]
+    if not set(spec) <= set(spec_keys) or not all(isinstance(v, list) and texts(v) for v in spec.values()):
+        return f"'feature_spec' is not lists of names under {', '.join(spec_keys)}"
+    if not texts(meta["files"].values()):
+        return "'files' does not map each file to its SHA-256"
+    return ""
 
 
 def load_model(directory: str | Path) -> tuple[object, dict]:
@@ -180,10 +310,11 @@ def load_model(directory: str | Path) -> tuple[object, dict]:
     Raises
     ------
     ModelError
-        When the bundle is missing, its bytes changed since training, it was made by an
-        incompatible version, or it contains types outside scikit-learn, numpy and clvtier.
+        When the bundle is missing or unreadable, its model or metadata changed since training,
+        the metadata lacks what scoring reads, it was made by an incompatible version, or it
+        contains types clvtier does not save.
     """
-    import json
+    import hashlib
 
     import skops.io as sio
 
@@ -192,41 +323,19 @@ def load_model(directory: str | Path) -> tuple[object, dict]:
     directory = Path(directory)
     meta_path = directory / METADATA_FILE
     model_path = directory / MODEL_FILE
-    if not meta_path.is_file() or not model_path.is_file():
+    if not _is_file(meta_path) or not _is_file(model_path):
         raise ModelError(
             f"{directory} is not a clvtier model directory (no {METADATA_FILE} / {MODEL_FILE}).",
             "Pass the RUN_DIR written by 'clvtier train'.",
         )
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{meta_path} is not valid JSON ({exc}).", "Train the model again.") from None
-    if meta.get("format_version") != FORMAT_VERSION:
+    meta = read_metadata(directory)
+    # Hashed, checked and loaded from the same bytes: the file cannot change in between.
+    raw = _read(model_path)
+    if hashlib.sha256(raw).hexdigest() != meta["model_sha256"]:
         raise ModelError(
-            f"model format {meta.get('format_version')} is not supported by this clvtier "
-            f"(format {FORMAT_VERSION}).",
-            "Train the model again with this version of clvtier.",
-        )
-    if file_sha256(model_path) != meta.get("model_sha256"):
-        raise ModelError(
-            f"{model_path} changed after training (its SHA-256 does not match metadata.json).",
-            "Use the model files exactly as 'clvtier train' wrote them, or train again.",
-        )
-    mine = library_versions()
-    saved = meta.get("versions", {})
-    for lib in ("clvtier", "scikit-learn"):
-        have, want = mine.get(lib), saved.get(lib)
-        if lib == "clvtier":
-            compatible = (have or "").split(".")[:2] == (want or "").split(".")[:2]
-        else:
-            compatible = have == want
-        if not compatible:
-            raise ModelError(
-                f"the model was saved with {lib} {want}, this installation has {lib} {have}.",
-                f"Install {lib}=={want} to use this model, or train it again.",
-            )
+            f"{model_path} changed after training (its SHA-256 does not match {METADATA_FILE}).", _AS_WRITTEN)
     try:
-        untrusted = sio.get_untrusted_types(file=model_path)
+        untrusted = sio.get_untrusted_types(data=raw)
     except Exception as exc:
         raise ModelError(f"{model_path} is not a readable skops file ({exc}).", "Train again.") from None
     unknown = [t for t in untrusted if t not in TRUSTED_TYPES]
@@ -236,10 +345,65 @@ def load_model(directory: str | Path) -> tuple[object, dict]:
             "Only load models trained by clvtier; train the model again.",
         )
     try:
-        pipeline = sio.load(model_path, trusted=untrusted)
+        pipeline = sio.loads(raw, trusted=untrusted)
     except Exception as exc:
         raise ModelError(f"{model_path} cannot be loaded ({exc}).", "Train the model again.") from None
+    fitted_on = getattr(pipeline, "feature_names_in_", None)
+    if fitted_on is not None and [str(c) for c in fitted_on] != meta["feature_names"]:
+        raise ModelError(f"{meta_path} is damaged: 'feature_names' are not the {len(fitted_on)} features "
+                         f"{model_path} was fitted on, in their order.", _AS_WRITTEN)
     return pipeline, meta
+
+
+def read_run_file(directory: str | Path, meta: Mapping[str, Any], name: str) -> bytes | None:
+    """The bytes of the file ``name`` of a run, checked against the SHA-256 its metadata recorded.
+
+    ``meta`` comes from :func:`read_metadata`. ``None`` when the run has no such file
+    (training writes some files only for some runs).
+
+    Raises
+    ------
+    ModelError
+        When the file is missing, unreadable, or changed after training.
+    """
+    import hashlib
+
+    from clvtier.errors import ModelError
+
+    if name not in meta["files"]:
+        return None
+    path = Path(directory) / name
+    if not _is_file(path):
+        raise ModelError(f"{path} is missing ({METADATA_FILE} lists it as a file of this run).", _AS_WRITTEN)
+    raw = _read(path)
+    if hashlib.sha256(raw).hexdigest() != meta["files"][name]:
+        raise ModelError(f"{path} changed after training (its SHA-256 does not match {METADATA_FILE}).",
+                         _AS_WRITTEN)
+    return raw
+
+
+def _read(path: Path) -> bytes:
+    """A run file's bytes; a file that cannot be read makes the run unusable (not an output problem)."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
+
+
+def _is_file(path: Path) -> bool:
+    """Whether a run file exists; raised for one that cannot even be looked up (a directory without access)."""
+    try:
+        return path.is_file()
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
+
+
+def _unreadable(path: Path, exc: OSError) -> Exception:
+    from clvtier.errors import ModelError
+
+    reason = (exc.strerror or type(exc).__name__).lower()
+    return ModelError(f"cannot read {path} ({reason}).",
+                      "Give this user read permission on the run directory and its files, or train again.")
 
 
 def frame_fingerprint(frame: object) -> str:
@@ -255,7 +419,9 @@ def frame_fingerprint(frame: object) -> str:
 def write_run(result: object, run_dir: str | Path, command: str = "", extra: dict | None = None) -> Path:
     """Write a training run atomically: model, metadata, metrics, CV table, test predictions.
 
-    Nothing appears at ``run_dir`` unless every file was written.
+    Nothing appears at ``run_dir`` unless every file was written. The metadata records
+    the SHA-256 of each file (:func:`save_model`): files written into the run directory
+    later, such as the report, are not part of the run.
     """
     import json
 
@@ -292,7 +458,6 @@ def write_run(result: object, run_dir: str | Path, command: str = "", extra: dic
         }
         if extra:
             metadata.update(extra)
-        save_model(r.pipeline, tmp, metadata)
         metrics = dict(r.metrics)
         metrics["timings_seconds"] = r.timings
         metrics["warnings"] = r.warnings
@@ -301,6 +466,8 @@ def write_run(result: object, run_dir: str | Path, command: str = "", extra: dic
         safe_csv_frame(r.predictions).to_csv(tmp / "test_predictions.csv", index=False)
         if r.values is not None:
             safe_csv_frame(r.values).to_csv(tmp / "values.csv", index=False)
+        # Last: the metadata records the SHA-256 of every file above.
+        save_model(r.pipeline, tmp, metadata, files=sorted(p.name for p in tmp.iterdir()))
     return run_dir
 
 

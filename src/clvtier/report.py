@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clvtier.errors import InputError
+from clvtier.errors import InputError, ModelError
+from clvtier.persist import METADATA_FILE, read_metadata, read_run_file
 from clvtier.target import TIERS
 
 __all__ = ["REPORT_FILE", "render_report", "write_report"]
@@ -186,31 +187,43 @@ class _Run:
     values: pd.DataFrame | None
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _read_json(run_dir: Path, meta: Mapping[str, Any], name: str) -> dict[str, Any]:
+    path = run_dir / name
+    raw = read_run_file(run_dir, meta, name)
+    if raw is None:
+        raise ModelError(f"{path} is not a file of this run ({METADATA_FILE} does not list it).",
+                         "Pass the RUN_DIR written by 'clvtier train'.")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path} does not exist.", "Pass the RUN_DIR written by 'clvtier train'.") from None
+        data = json.loads(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path} is not valid JSON ({exc}).", "Train the model again.") from None
+        raise ModelError(f"{path} is not valid JSON ({exc}).", "Train the model again.") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{path} is damaged: it is not a JSON object.", "Train the model again.")
+    return data
 
 
-def _read_csv(path: Path) -> pd.DataFrame | None:
-    if not path.is_file():
+def _read_csv(run_dir: Path, meta: Mapping[str, Any], name: str) -> pd.DataFrame | None:
+    raw = read_run_file(run_dir, meta, name)
+    if raw is None:
         return None
-    # Ids stay text: "007" is not 7, and a hostile id is shown exactly as written.
-    return pd.read_csv(path, dtype={"customer_id": str}, keep_default_na=False, na_values=[""])
+    try:
+        # Ids stay text: "007" is not 7, and a hostile id is shown exactly as written.
+        return pd.read_csv(io.BytesIO(raw), dtype={"customer_id": str}, keep_default_na=False, na_values=[""])
+    except ValueError as exc:  # pandas' ParserError and EmptyDataError, a UnicodeDecodeError
+        raise ModelError(f"{run_dir / name} is not a readable CSV file ({exc}).", "Train the model again.") from None
 
 
 def _load(run_dir: Path) -> _Run:
     if not run_dir.is_dir():
         raise InputError(f"{run_dir} is not a directory.", "Pass the RUN_DIR written by 'clvtier train'.")
+    # Every file is checked against the SHA-256 training recorded: the page describes this run only.
+    meta = read_metadata(run_dir)
     return _Run(
         path=run_dir,
-        metadata=_read_json(run_dir / "metadata.json") if (run_dir / "metadata.json").is_file() else {},
-        metrics=_read_json(run_dir / "metrics.json"),
-        predictions=_read_csv(run_dir / "test_predictions.csv"),
-        values=_read_csv(run_dir / "values.csv"),
+        metadata=meta,
+        metrics=_read_json(run_dir, meta, "metrics.json"),
+        predictions=_read_csv(run_dir, meta, "test_predictions.csv"),
+        values=_read_csv(run_dir, meta, "values.csv"),
     )
 
 
@@ -1105,7 +1118,10 @@ def render_report(run_dir: str | Path) -> str:
     Raises
     ------
     InputError
-        When ``run_dir`` is not a run directory or its ``metrics.json`` is unreadable.
+        When ``run_dir`` is not a directory.
+    ModelError
+        When it is not a run directory, or a file of the run is missing, unreadable, damaged or changed
+        after training (each file is checked against the SHA-256 in ``metadata.json``).
     """
     run = _load(Path(run_dir))
     return _environment().get_template(TEMPLATE).render(**_context(run))

@@ -180,7 +180,7 @@ def run(model_dir: str | Path | None = None, host: str = "127.0.0.1", port: int 
     Raises
     ------
     ModelError
-        When the model cannot be loaded.
+        When the model cannot be loaded or cannot score the example request.
     """
     import uvicorn
 
@@ -189,8 +189,7 @@ def run(model_dir: str | Path | None = None, host: str = "127.0.0.1", port: int 
     if workers > 1:
         _run_workers(settings, host, port, workers)
         return
-    # Loaded before the server starts: a bad model stops it with its reason, not a traceback.
-    app = create_app(settings, freeze_gc=True, model=load(settings.model_dir))
+    app = create_app(settings, freeze_gc=True, model=_checked_model(settings.model_dir))
     config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
                             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, server_header=False)
     server = uvicorn.Server(config)
@@ -210,13 +209,24 @@ def run(model_dir: str | Path | None = None, host: str = "127.0.0.1", port: int 
                          "Check the model directory and that the port is free.")
 
 
+def _checked_model(model_dir: str | Path) -> Model:
+    """Load the model and score the example request with it, before any server starts.
+
+    A bad model then stops the service with its reason (:class:`ModelError`); in the
+    server's start-up it would give a traceback in the log.
+    """
+    model = load(model_dir)
+    Scorer(model).close()
+    return model
+
+
 def _run_workers(settings: Settings, host: str, port: int, workers: int) -> None:
     """Several worker processes: the model is checked here first, so a bad model fails fast and clearly."""
     import os
 
     import uvicorn
 
-    Scorer(load(settings.model_dir)).close()  # raises ModelError with the reason
+    _checked_model(settings.model_dir)
     os.environ.update(settings.to_env())  # the workers read their settings from the environment
     try:
         uvicorn.run("clvtier.serve.app:app_from_env", factory=True, workers=workers, host=host, port=port,

@@ -14,6 +14,7 @@ with :func:`clvtier.predict.score_frame`, as ``clvtier predict`` does.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import queue
 import string
 import threading
@@ -29,11 +30,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import sqlglot.expressions as sge
 
-from clvtier.errors import ModelError
+from clvtier.errors import ClvtierError, ModelError
 from clvtier.features import FeatureSpec, feature_expr
 from clvtier.predict import N_REASONS, Model, score_frame
 from clvtier.schema import TABLES
-from clvtier.serve.schemas import CUSTOMER_TYPE, record_rows
+from clvtier.serve.schemas import CUSTOMER_TYPE, EXAMPLE_REQUEST, parse_score_request, record_rows
 
 #: The table of the request's customers: every one of them is scored.
 KNOWN_TABLE = "request_customers"
@@ -262,6 +263,25 @@ class Scorer:
         self._lock = threading.Lock()
         self._sessions: queue.SimpleQueue[_Session] = queue.SimpleQueue()
         self._sessions.put(self._session())  # the first session fails here, not on the first request
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Score the documented example request: a model that cannot score stops the service at start-up.
+
+        :func:`clvtier.persist.load_model` checks the model's files; this checks that the model,
+        its metadata and this version's feature definition work together, as every request needs.
+        """
+        batch = parse_score_request(json.dumps(EXAMPLE_REQUEST).encode())
+        try:
+            scores = self.score(batch.customers, batch.as_of)
+        except Exception as exc:
+            reason = exc.message if isinstance(exc, ClvtierError) else f"{type(exc).__name__}: {exc}"
+        else:
+            reason = "" if all(s is not None for s in scores) else "its probabilities are not finite"
+        if reason:
+            self.close()
+            raise ModelError(f"the model cannot score the example request at start-up ({reason.rstrip('.')}).",
+                             "Serve a run directory exactly as 'clvtier train' wrote it, or train the model again.")
 
     def close(self) -> None:
         while True:
