@@ -311,6 +311,22 @@ def test_a_run_directory_is_replaced_and_an_empty_one_filled(tmp_path: Path) -> 
     assert json.loads((run / "metadata.json").read_text()) == {"something": "else"}
 
 
+def test_an_earlier_run_holding_other_files_is_not_replaced(tmp_path: Path) -> None:
+    from clvtier.errors import InputError
+    from clvtier.persist import atomic_dir
+
+    run = tmp_path / "run"
+    with atomic_dir(run) as tmp:
+        (tmp / "metadata.json").write_text(json.dumps({"clvtier_run": True}))
+        (tmp / "report.html").write_text("the report")  # written into the run by 'clvtier train'
+    (run / "notes.txt").write_text("important")
+    (run / "scores.csv").write_text("customer_id,tier")
+    with pytest.raises(InputError, match=r"earlier run that also holds notes.txt, scores.csv, which 'clvtier train' "
+                                         r"did not write; replacing the run would delete them"), atomic_dir(run):
+        pass
+    assert (run / "notes.txt").read_text() == "important"
+
+
 @pytest.mark.parametrize("args, message", [
     (["features", "{data}", "--cutoff", "2023-06-01", "--out", "{out}", "--memory-limit", "lots"],
      "--memory-limit 'lots' is not a size"),

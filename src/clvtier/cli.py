@@ -690,6 +690,7 @@ def demo(
     import time
 
     from clvtier.generate import generate as gen
+    from clvtier.persist import is_run
     from clvtier.predict import load as load_model
     from clvtier.predict import predict as predict_fn
     from clvtier.predict import write_scores
@@ -703,6 +704,8 @@ def demo(
     out.print(f"Generated {customers:,} customers in {data_dir}/ (ground truth in ground_truth.csv).")
     cfg = _train_config("predictive", None, None, 365, "macro_f1", 5, seed, None, "quartile", 2, False, 300)
     run_dir = out_dir / "run"
+    if is_run(run_dir):
+        (run_dir / "scores.csv").unlink(missing_ok=True)  # an earlier demo's, written again below
     result = run_training(data_dir, run_dir, cfg)
     with progress("Scoring every customer"):
         ds = load(data_dir)

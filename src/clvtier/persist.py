@@ -90,13 +90,21 @@ def check_run_dir(path: str | Path) -> None:
         return
     if not path.is_dir():
         raise InputError(f"{path} is a file, not a run directory.", fix)
-    if any(path.iterdir()) and not _is_run(path):
+    if any(path.iterdir()) and not is_run(path):
         raise InputError(
             f"{path} holds files and is not a clvtier run directory (no metadata.json from 'clvtier train'); "
             "writing the run would replace everything in it.", fix)
+    others = sorted(p.name for p in path.iterdir() if p.name not in RUN_FILES)
+    if others:
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        raise InputError(
+            f"{path} is an earlier run that also holds {shown}, which 'clvtier train' did not write; "
+            "replacing the run would delete them.",
+            "Move them out of the run directory first, or name a new directory for the run.")
 
 
-def _is_run(path: Path) -> bool:
+def is_run(path: Path) -> bool:
+    """Whether ``path`` is a directory that 'clvtier train' wrote (its metadata.json says so)."""
     import json
 
     try:
@@ -109,6 +117,9 @@ def _is_run(path: Path) -> bool:
 # -- model bundles --------------------------------------------------------------
 MODEL_FILE = "model.skops"
 METADATA_FILE = "metadata.json"
+#: Every file 'clvtier train' writes into a run directory (the report, report.REPORT_FILE, last).
+RUN_FILES = frozenset({MODEL_FILE, METADATA_FILE, "metrics.json", "cv.csv", "test_predictions.csv",
+                       "values.csv", "report.html"})
 #: 2: metadata.json records the SHA-256 of every other file of the run, and of itself.
 FORMAT_VERSION = 2
 #: The key of the metadata's own SHA-256 (:func:`metadata_sha256`).
