@@ -6,6 +6,7 @@ import importlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -441,3 +442,20 @@ def test_a_file_in_the_way_of_the_output_directory_is_bad_input(data_dir: Path, 
     res = runner.invoke(app, ["features", str(data_dir), "--cutoff", "2023-06-01", "--out", str(out)])
     assert res.exit_code == 2, res.output
     assert "A file stands where a directory is needed" in res.output and "Internal error" not in res.output
+
+
+def test_the_summary_shows_what_no_high_prediction_leaves_undefined(run_dir: Path) -> None:
+    from types import SimpleNamespace
+
+    from clvtier import cli
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    majority = metrics["test"]["baseline_majority"]
+    assert not np.asarray(majority["confusion"])[:, 2].any()  # the majority tier is Medium: nobody in High
+    assert majority["high_precision"] == 0.0  # stored as 0 ...
+    with cli.out.capture() as captured:
+        cli.print_result(SimpleNamespace(metrics=metrics), run_dir)
+    text = captured.get()
+    cells = [c.strip() for c in next(ln for ln in text.splitlines() if "baseline_majority" in ln).split("│")]
+    assert (cells[5], cells[7]) == ("-", "-")  # ... shown as undefined
+    assert "- : undefined (no customer predicted High" in text

@@ -461,6 +461,8 @@ def _write_report(run_dir: Path) -> Path | None:
 
 def print_result(result: Any, run_dir: Path) -> None:
     """A concise summary: candidates x metrics with the baseline rows, the chosen model, the outputs."""
+    from clvtier.evaluate import NEEDS_PREDICTED_HIGH, none_predicted_high
+
     m = result.metrics
     if m["mode"] == "snapshot":
         out.print(
@@ -495,14 +497,21 @@ def print_result(result: Any, run_dir: Path) -> None:
     def fmt(v: Any) -> str:
         return "-" if v is None else f"{v:.3f}"
 
+    undefined = False
     for name, row in m["test"].items():
         label = name + (" (chosen)" if name == m["chosen"] else "")
         cvs = f"{cv[name]['mean']:.3f} ± {cv[name]['std']:.3f}" if name in cv else "-"
         style = "bold green" if name == m["chosen"] else ("dim" if name.startswith("baseline") else None)
+        if none_predicted_high(row):  # undefined, stored as 0
+            row = {k: v for k, v in row.items() if k not in NEEDS_PREDICTED_HIGH}
+            undefined = True
         table.add_row(label, cvs, fmt(row.get("accuracy")), fmt(row.get("macro_f1")),
                       fmt(row.get("high_precision")), fmt(row.get("high_recall")),
                       fmt(row.get("revenue_capture_high")), fmt(row.get("spearman")), style=style)
     out.print(table)
+    if undefined:
+        out.print("- : undefined (no customer predicted High, so no precision or revenue share of High).",
+                  highlight=False)
     h = m["headline"]
     if "macro_f1" in h:
         out.print(

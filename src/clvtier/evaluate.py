@@ -254,6 +254,16 @@ def _float_or_none(x) -> float | None:
 # ------------------------------------------------------------------------- metrics
 
 
+#: Metrics undefined for a method that puts no customer in High (stored as 0, shown as undefined).
+NEEDS_PREDICTED_HIGH = ("high_precision", "revenue_capture_high")
+
+
+def none_predicted_high(metrics: dict | None) -> bool:
+    """Whether a method put no test customer in High: the High column of its stored confusion matrix is empty."""
+    cm = (metrics or {}).get("confusion")
+    return bool(cm) and not np.asarray(cm, dtype=float)[:, TIERS.index("High")].any()
+
+
 def classification_metrics(
     y_true,
     y_pred,

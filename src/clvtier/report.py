@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from clvtier.errors import InputError, ModelError
+from clvtier.evaluate import NEEDS_PREDICTED_HIGH, none_predicted_high
 from clvtier.persist import METADATA_FILE, read_metadata, read_run_file
 from clvtier.target import TIERS
 
@@ -74,8 +75,6 @@ VERDICTS = {
     "tie": "lies inside the model's interval: no clear gain on this metric",
     "loss": "lies above the model's interval: the baseline does better on this metric",
 }
-#: Metrics undefined for a method that puts no customer in High (evaluate.py stores 0 for them).
-NEEDS_PREDICTED_HIGH = ("high_precision", "revenue_capture_high")
 NO_HIGH = "undefined: no customer predicted High"
 #: The footnote of a table that shows undefined values (:func:`_undefined`).
 UNDEFINED_NOTE = ("A dotted – is undefined, not zero: no test customer was predicted in that tier, so there "
@@ -313,9 +312,8 @@ def _unranked(run: _Run, names: Sequence[str]) -> set[str]:
 
 
 def _no_high(m: Mapping[str, Any], name: str) -> bool:
-    """Whether a method put no test customer in High (the High column of its stored confusion matrix is empty)."""
-    cm = ((m.get("test") or {}).get(name) or {}).get("confusion")
-    return bool(cm) and not np.asarray(cm, dtype=float)[:, TIERS.index("High")].any()
+    """Whether a method put no test customer in High."""
+    return none_predicted_high((m.get("test") or {}).get(name))
 
 
 def _cell(key: str, value: Any, no_high: bool) -> Any:
