@@ -379,3 +379,14 @@ def test_a_tsv_file_in_a_mapping_is_tab_separated_as_when_passed_alone(tmp_path:
     (tmp_path / "shop.toml").write_text('[transactions]\npath = "orders.tsv"\n')
     assert read_mapping(tmp_path / "shop.toml")["transactions"].delimiter == "\t"
     assert load(tmp_path / "shop.toml", as_of=dt.date(2024, 1, 1)).summary["transactions"]["rows"] == 1
+
+
+def test_every_mistake_of_a_mapping_file_is_reported_at_once(tmp_path: Path) -> None:
+    (tmp_path / "shop.toml").write_text(
+        '[orders]\npath = "o.csv"\n\n[transactions]\npath = "t.csv"\nsep = ";"\ndate_format = "%d-%m-%Y"\n'
+        '[transactions.columns]\ntransaction_day = "Day"\n')
+    result = CliRunner().invoke(app, ["validate", str(tmp_path / "shop.toml")])
+    assert result.exit_code == EXIT_BAD_INPUT, result.output
+    for part in ("has 4 problems", "unknown table section(s) ['orders']", "unknown key(s) ['sep']",
+                 "date_format '%d-%m-%Y', which is not supported", "unknown contract column(s) ['transaction_day']"):
+        assert part in result.output, part

@@ -313,63 +313,61 @@ def read_mapping(path: Path) -> dict[str, TableSource]:
     if not spec:
         raise InputError(f"{path}: the mapping file describes no table.",
                          'Add a [transactions] section with path = "FILE" (docs/mapping.md).')
+    # Every mistake of the file at once, as validation reports every problem of the data.
+    problems: list[tuple[str, str]] = []
     unknown = sorted(set(spec) - set(TABLES))
     if unknown:
-        raise InputError(
-            f"{path}: unknown table section(s) {unknown}.",
-            f"Use only the sections {sorted(TABLES)}.",
-        )
+        problems.append((f"unknown table section(s) {unknown}", f"Use only the sections {sorted(TABLES)}."))
     sources = {}
     allowed = {"path", "format", "delimiter", "header", "names", "columns", "date_format", "table"}
     for name, section in spec.items():
+        if name in unknown:
+            continue
         if not isinstance(section, dict):
-            raise InputError(
-                f"{path}: '{name}' is a value, not a section.",
-                f'Write it as a section: [{name}] on its own line, then path = "FILE".',
-            )
+            problems.append((f"'{name}' is a value, not a section",
+                             f'Write it as a section: [{name}] on its own line, then path = "FILE".'))
+            continue
+        found = len(problems)
         bad = sorted(set(section) - allowed)
         if bad:
-            raise InputError(
-                f"{path}: section [{name}] has unknown key(s) {bad}.",
-                f"Use only the keys {sorted(allowed)}.",
-            )
-        _check_mapping_types(path, name, section)
+            problems.append((f"section [{name}] has unknown key(s) {bad}", f"Use only the keys {sorted(allowed)}."))
+        section = {k: v for k, v in section.items() if k in allowed}
+        wrong_types = _mapping_type_problems(name, section)
+        if wrong_types:  # the checks below need the values
+            problems += wrong_types
+            continue
         delimiter = section.get("delimiter", _default_delimiter(str(section.get("path", ""))))
         if len(delimiter) != 1 and delimiter != "whitespace":
-            raise InputError(f"{path}: section [{name}] has delimiter = {delimiter!r}, which is not one character.",
-                             f"Write delimiter as {_MAPPING_TYPES['delimiter'][1]}.")
+            problems.append((f"section [{name}] has delimiter = {delimiter!r}, which is not one character",
+                             f"Write delimiter as {_MAPPING_TYPES['delimiter'][1]}."))
         if "path" not in section:
-            raise InputError(f"{path}: section [{name}] has no 'path'.", "Add path = \"FILE\".")
+            problems.append((f"section [{name}] has no 'path'", 'Add path = "FILE".'))
+            continue
         file = (path.parent / section["path"]).resolve()
         fmt = section.get("format") or (
             "duckdb" if file.suffix.lower() in _DATABASES else _format_of(file)
         )
         if fmt not in ("csv", "parquet", "duckdb"):
-            raise InputError(
-                f"{path}: section [{name}] has format '{fmt}'.", "Use csv, parquet or duckdb."
-            )
+            problems.append((f"section [{name}] has format '{fmt}', which is not supported",
+                             "Use csv, parquet or duckdb."))
         date_format = section.get("date_format")
         if date_format not in (None, "iso", "%Y-%m-%d", *DATE_PATTERNS):
-            raise InputError(
-                f"{path}: section [{name}] has date_format '{date_format}'.",
-                f"Use %Y-%m-%d or one of {sorted(DATE_PATTERNS)}.",
-            )
+            problems.append((f"section [{name}] has date_format '{date_format}', which is not supported",
+                             f"Use %Y-%m-%d or one of {sorted(DATE_PATTERNS)}."))
         columns = section.get("columns", {})
         bad_cols = sorted(set(columns) - set(TABLES[name].column_names))
         if bad_cols:
-            raise InputError(
-                f"{path}: section [{name}.columns] maps unknown contract column(s) {bad_cols}.",
-                f"Map only {list(TABLES[name].column_names)}.",
-            )
+            problems.append((f"section [{name}.columns] maps unknown contract column(s) {bad_cols}",
+                             f"Map only {list(TABLES[name].column_names)}."))
         targets: dict[str, list[str]] = {}
         for target, col in columns.items():
             targets.setdefault(col, []).append(target)
         shared = next(((col, t) for col, t in targets.items() if len(t) > 1), None)
         if shared:
-            raise InputError(
-                f"{path}: section [{name}.columns] maps {' and '.join(shared[1])} to the same column '{shared[0]}'.",
-                "Map each column of the file to one contract column.",
-            )
+            problems.append((f"section [{name}.columns] maps {' and '.join(shared[1])} to the same column "
+                             f"'{shared[0]}'", "Map each column of the file to one contract column."))
+        if len(problems) > found:
+            continue
         sources[name] = TableSource(
             path=file,
             format=fmt,
@@ -381,6 +379,11 @@ def read_mapping(path: Path) -> dict[str, TableSource]:
             db_table=section.get("table", name if fmt == "duckdb" else None),
             mapping=path,
         )
+    if problems:
+        if len(problems) == 1:
+            raise InputError(f"{path}: {problems[0][0]}.", problems[0][1])
+        raise InputError(f"{path} has {len(problems)} problems: " + "; ".join(m for m, _ in problems) + ".",
+                         " ".join(dict.fromkeys(f for _, f in problems)))
     return sources
 
 
@@ -397,7 +400,9 @@ _MAPPING_TYPES: dict[str, tuple[type, str]] = {
 }
 
 
-def _check_mapping_types(path: Path, name: str, section: dict[str, Any]) -> None:
+def _mapping_type_problems(name: str, section: dict[str, Any]) -> list[tuple[str, str]]:
+    """(message, fix) for each value of a mapping section that is not of its key's type."""
+    problems = []
     for key, value in section.items():
         kind, expected = _MAPPING_TYPES[key]
         ok = isinstance(value, kind) and (kind is not str or value != "")
@@ -406,7 +411,8 @@ def _check_mapping_types(path: Path, name: str, section: dict[str, Any]) -> None
         if kind is dict:
             ok = ok and all(isinstance(v, str) and v for v in value.values())
         if not ok:
-            raise InputError(f"{path}: section [{name}] has {key} = {value!r}.", f"Write {key} as {expected}.")
+            problems.append((f"section [{name}] has {key} = {value!r}", f"Write {key} as {expected}."))
+    return problems
 
 
 _SPREADSHEETS = (".xlsx", ".xlsm", ".xls", ".ods", ".numbers")
