@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import os
 import tempfile
 import threading
 import time
@@ -20,8 +21,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from clvtier.clv import check_someone_known
 from clvtier.errors import InputError, ModelError
-from clvtier.features import BTYD_GROUP, FeatureSpec, build_features, require_dataset, write_feature_parts
+from clvtier.features import BTYD_GROUP, FeatureSpec, as_date, build_features, require_dataset, write_feature_parts
 from clvtier.models import model_input
 from clvtier.persist import load_model, safe_csv_frame
 from clvtier.target import TIERS
@@ -65,6 +67,9 @@ class Model:
 
 def load(run_dir: str | Path) -> Model:
     """Load the model bundle written by ``clvtier train`` (checked; see :func:`persist.load_model`)."""
+    if not isinstance(run_dir, str | os.PathLike):
+        raise InputError(f"expected the path of a run directory, got {type(run_dir).__name__}.",
+                         "Pass the directory 'clvtier train' wrote: clvtier.load_model('runs/1').")
     pipeline, meta = load_model(run_dir)
     return Model(pipeline, meta)
 
@@ -73,6 +78,12 @@ def _require_model(model: Any) -> None:
     if not isinstance(model, Model):
         raise InputError(f"expected a loaded model, got {type(model).__name__}.",
                          "Load the run directory first: model = clvtier.predict.load('runs/1').")
+
+
+def _require_flag(with_reasons: Any) -> None:
+    if not isinstance(with_reasons, bool | np.bool_):
+        raise InputError(f"with_reasons must be True or False, got {with_reasons!r}.",
+                         "Pass with_reasons=False to skip the reasons, True (the default) to compute them.")
 
 
 def _empty_scores(with_reasons: bool) -> pd.DataFrame:
@@ -94,10 +105,34 @@ def prepare(frame: pd.DataFrame, model: Model) -> pd.DataFrame:
         )
     X = model_input(frame, model.feature_names)
     dtypes = X.dtypes
+    infinite: dict[str, int] = {}
+    not_text: dict[str, int] = {}
     for col, dtype in model.feature_dtypes.items():
-        if dtype == "float64" and not pd.api.types.is_float_dtype(dtypes[col]):
-            raise ModelError(f"feature '{col}' is not numeric in the data.", "Check the input tables' types.")
+        if dtype == "float64":
+            if not pd.api.types.is_float_dtype(dtypes[col]):
+                raise ModelError(f"feature '{col}' is not numeric in the data.", "Check the input tables' types.")
+            if n := int(np.isinf(X[col].to_numpy()).sum()):
+                infinite[col] = n
+        else:
+            values = X[col]
+            # Numbers (model_input made them float64) or other objects; all missing is missing text.
+            if pd.api.types.infer_dtype(values, skipna=True) not in ("string", "empty") and \
+                    (n := int((values.notna() & ~values.map(lambda v: isinstance(v, str)).astype(bool)).sum())):
+                not_text[col] = n
+    if infinite:
+        raise InputError(f"the features hold infinite values: {_per_column(infinite)}.",
+                         "Replace them with finite numbers; clvtier.build_features(data, cutoff, model.spec) "
+                         "never gives infinite values.")
+    if not_text:
+        raise InputError(f"categorical features hold values that are not text: {_per_column(not_text)}.",
+                         "Pass categories as text (str), with None or NaN where a value is missing, as "
+                         "clvtier.build_features(data, cutoff, model.spec) gives them.")
     return X
+
+
+def _per_column(counts: dict[str, int]) -> str:
+    """'col (3 rows), other (1 row)'."""
+    return ", ".join(f"{col} ({n:,} row{'s' if n != 1 else ''})" for col, n in counts.items())
 
 
 def proba_in_tier_order(pipeline: Any, X: Any, proba: np.ndarray | None = None) -> np.ndarray:
@@ -225,6 +260,7 @@ def score_frame(model: Model, features: pd.DataFrame, with_reasons: bool = True)
         :mod:`clvtier.occlusion`).
     """
     _require_model(model)
+    _require_flag(with_reasons)
     if not isinstance(features, pd.DataFrame) or "customer_id" not in features.columns:
         raise InputError("the features must be a DataFrame with a customer_id column and the model's features.",
                          "Build them with clvtier.build_features(data, cutoff, model.spec).frame.")
@@ -268,10 +304,16 @@ def predict(model: Model, data: Any, as_of: dt.date | None = None, with_reasons:
     DataFrame
         customer_id, tier, p_low, p_medium, p_high, reason_1..3 and their effects;
         exactly one row per customer known at ``as_of``.
+
+    Raises
+    ------
+    InputError
+        When no customer is known before ``as_of`` (as ``clvtier predict --as-of`` does).
     """
     _require_model(model)
     require_dataset(data)
-    as_of = as_of or data.last_date + dt.timedelta(days=1)
+    _require_flag(with_reasons)
+    as_of = scoring_date(data, as_of)
     fs = build_features(data, as_of, model.spec)
     scores = score_frame(model, fs.frame, with_reasons=with_reasons)
     if len(scores) != len(fs.frame) or scores["customer_id"].duplicated().any():
@@ -280,6 +322,15 @@ def predict(model: Model, data: Any, as_of: dt.date | None = None, with_reasons:
             "This is a bug; report it with the data's shape.",
         )
     return scores
+
+
+def scoring_date(data: Any, as_of: dt.date | str | None) -> dt.date:
+    """The date to score at: ``as_of``, or the day after the last transaction; refused before the data start."""
+    if as_of is None:
+        return data.last_date + dt.timedelta(days=1)
+    as_of = as_date(as_of)
+    check_someone_known(data.summary, as_of, "the scoring date")
+    return as_of
 
 
 def _label_columns(scores: pd.DataFrame) -> list[str]:
@@ -424,8 +475,9 @@ def score_to_file(model: Model, data: Any, out: str | Path, as_of: dt.date | Non
         raise InputError(f"{out}: unknown output format.", "Name the output file .csv or .parquet.")
     if chunk_size < 1:
         raise InputError(f"chunk size {chunk_size} is out of range.", "Use a positive number of customers.")
+    _require_flag(with_reasons)
     check_not_input(out, data)
-    as_of = as_of or data.last_date + dt.timedelta(days=1)
+    as_of = scoring_date(data, as_of)
     with tempfile.TemporaryDirectory(prefix="clvtier-score-") as work:
         t0 = time.perf_counter()
         paths = write_feature_parts(data, model.spec, as_of, Path(work))

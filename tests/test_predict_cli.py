@@ -1,0 +1,108 @@
+"""Scoring through ``clvtier predict`` and the Python API: arguments of the wrong type."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+import clvtier
+from clvtier.cli import app
+from clvtier.errors import EXIT_BAD_INPUT, InputError
+from clvtier.generate import generate
+from clvtier.persist import write_run
+from clvtier.predict import Model, score_frame, score_to_file
+from clvtier.predict import load as load_model
+
+runner = CliRunner()
+AS_OF = dt.date(2024, 6, 1)  # the day after the generator's last date
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate(500, 11, tmp_path_factory.mktemp("predict") / "data").out
+
+
+@pytest.fixture(scope="module")
+def run_dir(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    config = clvtier.TrainConfig(candidates=("logreg",), cv_folds=2, n_boot=10, backtests=0, horizon_days=180)
+    run = tmp_path_factory.mktemp("predict") / "run"
+    write_run(clvtier.train(clvtier.load(data_dir), config), run)
+    return run
+
+
+@pytest.fixture(scope="module")
+def model(run_dir: Path) -> Model:
+    return load_model(run_dir)
+
+
+def predict_cli(data: Path, run: Path, out: Path, *args: str) -> Any:
+    return runner.invoke(app, ["predict", str(data), "--model", str(run), "--out", str(out), *args])
+
+
+# -- arguments of the wrong type (Python API) -------------------------------------------------------
+@pytest.mark.parametrize("run", [None, 123], ids=["none", "number"])
+def test_load_model_refuses_what_is_not_a_path(run: Any) -> None:
+    with pytest.raises(InputError, match=f"expected the path of a run directory, got {type(run).__name__}") as info:
+        clvtier.load_model(run)
+    assert "clvtier.load_model('runs/1')" in info.value.fix
+
+
+@pytest.fixture(scope="module")
+def features(data_dir: Path, model: Model) -> pd.DataFrame:
+    return clvtier.build_features(clvtier.load(data_dir), AS_OF, model.spec).frame
+
+
+def test_score_frame_names_the_columns_with_infinite_values(model: Model, features: pd.DataFrame) -> None:
+    frame = features.copy()
+    frame.loc[0, "total_spend"] = np.inf
+    frame.loc[[1, 2], "spend_30d"] = -np.inf
+    with pytest.raises(InputError, match=r"the features hold infinite values: total_spend \(1 row\), "
+                                         r"spend_30d \(2 rows\)\.") as info:
+        score_frame(model, frame)
+    assert "finite" in info.value.fix
+
+
+def test_score_frame_refuses_categories_that_are_not_text(model: Model, features: pd.DataFrame) -> None:
+    frame = features.copy()
+    frame["gender"] = 1.5
+    with pytest.raises(InputError, match=rf"categorical features hold values that are not text: "
+                                         rf"gender \({len(frame):,} rows\)\.") as info:
+        score_frame(model, frame)
+    assert "as text (str)" in info.value.fix
+    frame = features.copy()
+    frame["location"] = frame["location"].astype(object)
+    frame.loc[3, "location"] = 7
+    with pytest.raises(InputError, match=r"not text: location \(1 row\)\."):
+        score_frame(model, frame)
+    missing = features.head(5).assign(gender=np.nan, location=None)  # missing is not a wrong type
+    assert len(score_frame(model, missing)) == 5
+
+
+def test_with_reasons_must_be_true_or_false(data_dir: Path, model: Model, features: pd.DataFrame,
+                                            tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="with_reasons must be True or False, got 'no'"):
+        score_frame(model, features.head(3), with_reasons="no")  # type: ignore[arg-type]
+    data = clvtier.load(data_dir)
+    with pytest.raises(InputError, match="with_reasons must be True or False, got 0"):
+        clvtier.predict(model, data, with_reasons=0)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="with_reasons must be True or False, got None"):
+        score_to_file(model, data, tmp_path / "s.csv", with_reasons=None)  # type: ignore[arg-type]
+    assert list(score_frame(model, features.head(3), with_reasons=np.bool_(False)).columns)[-1] == "p_high"
+
+
+def test_predict_refuses_a_date_before_the_data_as_the_cli_does(
+    data_dir: Path, run_dir: Path, model: Model, tmp_path: Path
+) -> None:
+    data = clvtier.load(data_dir)
+    with pytest.raises(InputError, match="no customer is known before the scoring date 1990-01-01") as info:
+        clvtier.predict(model, data, as_of=dt.date(1990, 1, 1))
+    res = predict_cli(data_dir, run_dir, tmp_path / "s.csv", "--as-of", "1990-01-01")
+    assert res.exit_code == EXIT_BAD_INPUT
+    assert f"Error: {info.value.message}" in res.output and f"Fix: {info.value.fix}" in res.output
+    assert len(clvtier.predict(model, data, as_of="2024-01-01", with_reasons=False)) > 0
