@@ -1,8 +1,12 @@
-"""Scoring through ``clvtier predict`` and the Python API: arguments of the wrong type."""
+"""Scoring through ``clvtier predict`` and the Python API: output paths that cannot take the scores,
+and arguments of the wrong type."""
 
 from __future__ import annotations
 
 import datetime as dt
+import errno
+import importlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +20,7 @@ from clvtier.cli import app
 from clvtier.errors import EXIT_BAD_INPUT, InputError
 from clvtier.generate import generate
 from clvtier.persist import write_run
-from clvtier.predict import Model, score_frame, score_to_file
+from clvtier.predict import Model, score_frame, score_to_file, write_scores
 from clvtier.predict import load as load_model
 
 runner = CliRunner()
@@ -43,6 +47,87 @@ def model(run_dir: Path) -> Model:
 
 def predict_cli(data: Path, run: Path, out: Path, *args: str) -> Any:
     return runner.invoke(app, ["predict", str(data), "--model", str(run), "--out", str(out), *args])
+
+
+def flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+# -- output paths -----------------------------------------------------------------------------------
+@pytest.fixture
+def no_feature_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Building the features fails the test: the output path must be refused before."""
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the features were built")
+
+    # The module: the package's attribute clvtier.predict is the function.
+    monkeypatch.setattr(importlib.import_module("clvtier.predict"), "write_feature_parts", refuse)
+
+
+@pytest.mark.usefixtures("no_feature_work")
+def test_an_output_that_is_a_directory_is_refused_before_scoring(
+    data_dir: Path, run_dir: Path, model: Model, tmp_path: Path
+) -> None:
+    out = tmp_path / "scores.csv"
+    out.mkdir()
+    res = predict_cli(data_dir, run_dir, out)
+    assert res.exit_code == EXIT_BAD_INPUT, res.output
+    assert f"Error: {out} is a directory." in res.output
+    assert "Fix: Name a file inside it, or another output path." in res.output
+    with pytest.raises(InputError, match="scores.csv is a directory"):
+        score_to_file(model, clvtier.load(data_dir), out)
+    with pytest.raises(InputError, match="scores.csv is a directory"):
+        write_scores(pd.DataFrame({"customer_id": ["1"]}), out)
+    assert list(out.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["scores.csv"]
+
+
+@pytest.mark.usefixtures("no_feature_work")
+def test_a_write_protected_output_file_is_kept(data_dir: Path, run_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "scores.csv"
+    out.write_text("keep me\n")
+    out.chmod(0o444)
+    res = predict_cli(data_dir, run_dir, out)
+    assert res.exit_code == EXIT_BAD_INPUT, res.output
+    assert f"Error: {out} is write-protected; it is not replaced." in flat(res.output)
+    assert f"Fix: Make it writable (chmod u+w {out}) or choose another output path." in flat(res.output)
+    assert out.read_text() == "keep me\n" and out.stat().st_mode & 0o777 == 0o444
+    assert [p.name for p in tmp_path.iterdir()] == ["scores.csv"]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_full_disk_names_the_output(
+    data_dir: Path, run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str
+) -> None:
+    def full(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a write to an open file fails
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", full)
+    monkeypatch.setattr("pyarrow.parquet.ParquetWriter.write_table", full)
+    out = tmp_path / "out" / f"scores{suffix}"
+    res = predict_cli(data_dir, run_dir, out)
+    assert res.exit_code == EXIT_BAD_INPUT, res.output
+    assert f"Error: {out}: No space left on device." in res.output
+    assert "Fix: The disk is full: free some space or write to another disk. Nothing was written." in res.output
+    assert list(out.parent.iterdir()) == []
+
+
+def test_a_failed_rename_names_the_output_not_the_temporary_file(
+    data_dir: Path, run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "scores.csv"
+    real_replace = os.replace
+
+    def replace(src: Any, dst: Any) -> None:
+        if Path(dst) == out:  # a directory made there while scoring
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(src), None, str(dst))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    res = predict_cli(data_dir, run_dir, out)
+    assert res.exit_code == EXIT_BAD_INPUT, res.output
+    assert f"Error: {out}: Is a directory." in res.output
+    assert list(tmp_path.iterdir()) == []
 
 
 # -- arguments of the wrong type (Python API) -------------------------------------------------------

@@ -137,13 +137,19 @@ WRITE_FIXES = {
 
 
 def _os_error_place(exc: OSError) -> str:
-    """The path an OS error is about, as the user named it (a temporary file's directory)."""
-    if not exc.filename:
+    """The path an OS error is about, as the user named it (a temporary file's directory).
+
+    A rename (``os.replace(temporary, output)``) names both paths: the output is the one
+    the user knows.
+    """
+    paths = [Path(os.fsdecode(name)) for name in (exc.filename2, exc.filename) if name]
+    if not paths:
         return "the output"
-    path = Path(os.fsdecode(exc.filename))
-    if path.name.startswith(".") and path.name.endswith(".tmp"):  # persist.atomic_path's temporary file
-        return f"cannot create a file in {path.parent}"
-    return str(path)
+    for path in paths:
+        # persist.atomic_path's temporary file, persist.atomic_dir's temporary and old run
+        if not (path.name.startswith(".") and path.name.endswith((".tmp", ".old"))):
+            return str(path)
+    return f"cannot create a file in {paths[-1].parent}"
 
 
 def handle_errors(fn: F) -> F:
@@ -606,6 +612,7 @@ def predict(
     Streams: the features of every customer go to a temporary Parquet file and are scored
     and written in chunks, so memory stays bounded for any number of customers.
     """
+    from clvtier.persist import check_not_input
     from clvtier.predict import load as load_model
     from clvtier.predict import score_to_file
     from clvtier.validate import load
@@ -625,6 +632,7 @@ def predict(
         return
     _check_engine(engine)
 
+    check_not_input(out_file)  # a directory or a write-protected file: said before the work
     _check_model_dir(model_dir)
     model = load_model(model_dir)
     with progress("Validating data"):

@@ -476,7 +476,7 @@ def score_to_file(model: Model, data: Any, out: str | Path, as_of: dt.date | Non
     if chunk_size < 1:
         raise InputError(f"chunk size {chunk_size} is out of range.", "Use a positive number of customers.")
     _require_flag(with_reasons)
-    check_not_input(out, data)
+    check_not_input(out, data)  # before the work, not after it
     as_of = scoring_date(data, as_of)
     with tempfile.TemporaryDirectory(prefix="clvtier-score-") as work:
         t0 = time.perf_counter()
