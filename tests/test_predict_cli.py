@@ -1,5 +1,5 @@
 """Scoring through ``clvtier predict`` and the Python API: output paths that cannot take the scores,
-and arguments of the wrong type."""
+SIGTERM, and arguments of the wrong type."""
 
 from __future__ import annotations
 
@@ -7,6 +7,10 @@ import datetime as dt
 import errno
 import importlib
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 import clvtier
-from clvtier.cli import app
+from clvtier.cli import EXIT_TERMINATED, app
 from clvtier.errors import EXIT_BAD_INPUT, InputError
 from clvtier.generate import generate
 from clvtier.persist import write_run
@@ -51,6 +55,70 @@ def predict_cli(data: Path, run: Path, out: Path, *args: str) -> Any:
 
 def flat(text: str) -> str:
     return " ".join(text.split())
+
+
+# -- SIGTERM ----------------------------------------------------------------------------------------
+SLOW_WRITER = """
+import sys, time
+from pathlib import Path
+import pandas as pd
+
+marker = Path(sys.argv[1])
+real_to_csv = pd.DataFrame.to_csv
+
+def slow_to_csv(self, path=None, *args, **kwargs):  # path: a file name or an open file
+    real_to_csv(self.iloc[: len(self) // 2], path, *args, **kwargs)  # half the rows are on disk
+    if hasattr(path, "flush"):
+        path.flush()
+    marker.write_text(str(path.name if hasattr(path, "write") else path))
+    time.sleep(120)
+
+pd.DataFrame.to_csv = slow_to_csv
+from clvtier.cli import main
+sys.argv = ["clvtier", *sys.argv[2:]]
+main()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="needs POSIX signals")
+@pytest.mark.parametrize(("command", "work"), [
+    (["predict", "{data}", "--model", "{run}", "--out", "{out}/scores.csv", "--chunk-size", "100"], "clvtier-score-"),
+    (["features", "{data}", "--cutoff", "2024-01-01", "--out", "{out}/features.csv"], "clvtier-features-"),
+    (["train", "{data}", "--out", "{out}/run", "--candidates", "logreg", "--cv", "2", "--bootstrap", "10",
+      "--backtests", "0"], None),
+], ids=["predict", "features", "train"])
+def test_sigterm_stops_a_command_and_leaves_nothing(
+    data_dir: Path, run_dir: Path, tmp_path: Path, command: list[str], work: str | None
+) -> None:
+    """SIGTERM half-way through writing (a scheduler's timeout, systemd, Kubernetes): the partial output
+    and the temporary features are removed, the message says so, and the exit code is 143."""
+    out_dir, tmp_dir, marker = tmp_path / "out", tmp_path / "tmp", tmp_path / "writing"
+    out_dir.mkdir()
+    tmp_dir.mkdir()
+    args = [a.format(data=data_dir, run=run_dir, out=out_dir) for a in command]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_WRITER, str(marker), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env={**os.environ, "CLVTIER_PROGRESS": "0", "TMPDIR": str(tmp_dir)},
+    )
+    deadline = time.monotonic() + 300
+    while not marker.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"never reached the writer: {proc.communicate()[0].decode()[-2000:]}")
+        time.sleep(0.05)
+    partial = Path(marker.read_text())
+    assert partial.is_relative_to(out_dir) and partial.stat().st_size > 0
+    assert any(p.name.startswith(".") and p.name.endswith(".tmp") for p in out_dir.iterdir())
+    if work is not None:
+        assert any(p.name.startswith(work) for p in tmp_dir.iterdir()), list(tmp_dir.iterdir())
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode == EXIT_TERMINATED == 143, output
+    assert "Terminated; nothing was written." in output
+    assert "Traceback" not in output
+    assert list(out_dir.iterdir()) == []
+    assert list(tmp_dir.iterdir()) == []
 
 
 # -- output paths -----------------------------------------------------------------------------------

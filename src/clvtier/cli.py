@@ -2,7 +2,7 @@
 
 Library code raises :class:`clvtier.errors.ClvtierError`; only this module turns
 errors into messages and exit codes (0 ok, 1 internal error, 2 bad input,
-3 unusable model, 130 interrupted).
+3 unusable model, 130 interrupted, 143 terminated).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import functools
 import json
 import os
 import re
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -59,6 +60,23 @@ out = _Console(soft_wrap=True, width=_WIDTH)
 err = _Console(stderr=True, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: Exit code of a command stopped by SIGTERM (128 + 15, what a shell reports for it).
+EXIT_TERMINATED = 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread by :func:`main`'s handler.
+
+    A KeyboardInterrupt, so that it stops a command exactly as Ctrl-C does: the
+    ``finally`` blocks and context managers remove every temporary file, and code that
+    lets Ctrl-C through without waiting for background work does the same for it.
+    """
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
 
 EngineOpt = Annotated[str, typer.Option(help="duckdb (default, one machine) or spark (needs clvtier[spark]).")]
 MasterOpt = Annotated[str, typer.Option(help="Spark master URL, e.g. local[*], spark://host:7077, yarn.")]
@@ -171,6 +189,9 @@ def handle_errors(fn: F) -> F:
             if exc.fix:
                 err.print("Fix: " + exc.fix, highlight=False, markup=False)
             raise typer.Exit(exc.exit_code) from None
+        except Terminated:
+            err.print("Terminated; nothing was written.")
+            raise typer.Exit(EXIT_TERMINATED) from None
         except KeyboardInterrupt:
             err.print("Interrupted; nothing was written.")
             raise typer.Exit(EXIT_INTERRUPTED) from None
@@ -743,6 +764,8 @@ def serve(
 
 def main() -> None:
     """Console-script entry point."""
+    # cron and CI timeouts, systemd, Kubernetes and Airflow stop a command with SIGTERM.
+    signal.signal(signal.SIGTERM, _terminate)
     app()
 
 
