@@ -1,5 +1,5 @@
-"""Scoring through ``clvtier predict`` and the Python API: output paths that cannot take the scores,
-SIGTERM, and arguments of the wrong type."""
+"""Scoring through ``clvtier predict`` and the Python API: category names the model does not know,
+output paths that cannot take the scores, SIGTERM, and arguments of the wrong type."""
 
 from __future__ import annotations
 
@@ -7,10 +7,13 @@ import datetime as dt
 import errno
 import importlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +24,10 @@ from typer.testing import CliRunner
 
 import clvtier
 from clvtier.cli import EXIT_TERMINATED, app
-from clvtier.errors import EXIT_BAD_INPUT, InputError
+from clvtier.errors import EXIT_BAD_INPUT, EXIT_OK, InputError
 from clvtier.generate import generate
 from clvtier.persist import write_run
-from clvtier.predict import Model, score_frame, score_to_file, write_scores
+from clvtier.predict import Model, UnseenLevelWarning, score_frame, score_to_file, unseen_levels, write_scores
 from clvtier.predict import load as load_model
 
 runner = CliRunner()
@@ -55,6 +58,89 @@ def predict_cli(data: Path, run: Path, out: Path, *args: str) -> Any:
 
 def flat(text: str) -> str:
     return " ".join(text.split())
+
+
+def edited(data_dir: Path, to: Path, table: str, edit: Callable[[pd.DataFrame], None]) -> Path:
+    """A copy of the data with ``edit`` applied to one table (read and written as text)."""
+    shutil.copytree(data_dir, to)
+    (to / "ground_truth.csv").unlink(missing_ok=True)
+    path = to / f"{table}_final.csv"
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    edit(frame)
+    frame.to_csv(path, index=False)
+    return to
+
+
+def purchase_share(data: Path, categories: set[str], before: dt.date = AS_OF) -> float:
+    """Share of purchase spend (positive amounts) before ``before`` in ``categories``, from the file."""
+    tx = pd.read_csv(data / "transactions_final.csv", parse_dates=["transaction_date"])
+    bought = tx[(tx.transaction_amount > 0) & (tx.transaction_date < pd.Timestamp(before))]
+    return float(bought.loc[bought.product_category.isin(categories), "transaction_amount"].sum()
+                 / bought.transaction_amount.sum())
+
+
+# -- product categories and promotion types the model does not know --------------------------------
+def test_the_training_data_give_no_warning(data_dir: Path, run_dir: Path, model: Model, tmp_path: Path) -> None:
+    res = predict_cli(data_dir, run_dir, tmp_path / "s.csv")
+    assert res.exit_code == EXIT_OK, res.output
+    assert "has no feature for" not in res.output
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnseenLevelWarning)
+        clvtier.predict(model, clvtier.load(data_dir), with_reasons=False)
+
+
+def test_a_respelled_category_and_promotion_type_are_named_with_their_share(
+    data_dir: Path, run_dir: Path, tmp_path: Path
+) -> None:
+    def upper_clothing(tx: pd.DataFrame) -> None:
+        tx.loc[tx.product_category == "Clothing", "product_category"] = "CLOTHING"
+
+    data = edited(data_dir, tmp_path / "upper", "transactions", upper_clothing)
+    mk = pd.read_csv(data / "marketing_final.csv", dtype=str, keep_default_na=False)
+    mk.loc[mk.promotion_type == "Discount", "promotion_type"] = "discount"
+    mk.to_csv(data / "marketing_final.csv", index=False)
+    before = mk[pd.to_datetime(mk.campaign_date) < pd.Timestamp(AS_OF)]
+    offers = (before.promotion_type == "discount").mean()
+    share = purchase_share(data, {"CLOTHING"})
+    assert 0.1 < share < 0.9 and 0.1 < offers < 0.9
+
+    out = tmp_path / "s.csv"
+    res = predict_cli(data, run_dir, out)
+    assert res.exit_code == EXIT_OK, res.output
+    text = flat(res.output)
+    assert (f"Warning: {data / 'transactions_final.csv'}, column 'product_category': {100 * share:.1f} % of "
+            f"purchase spend before {AS_OF} is in product categories the model has no feature for") in text
+    assert f"'CLOTHING' ({100 * share:.1f} %); 'CLOTHING' looks like 'Clothing'" in text
+    assert "Fix: Use the spelling the model was trained with (" in text
+    assert (f"Warning: {data / 'marketing_final.csv'}, column 'promotion_type': {100 * offers:.1f} % of offers "
+            f"before {AS_OF} are of promotion types the model has no feature for") in text
+    assert "'discount' looks like 'Discount'" in text
+    assert out.is_file()
+
+
+def test_a_new_category_is_named_and_only_events_before_the_date_count(
+    data_dir: Path, run_dir: Path, model: Model, tmp_path: Path
+) -> None:
+    def toys_in_2024(tx: pd.DataFrame) -> None:
+        late = tx.transaction_date >= "2024-01-01"
+        tx.loc[late & (tx.index % 3 == 0), "product_category"] = "Toys"
+
+    data = edited(data_dir, tmp_path / "toys", "transactions", toys_in_2024)
+    share = purchase_share(data, {"Toys"})
+    res = predict_cli(data, run_dir, tmp_path / "s.csv")
+    assert res.exit_code == EXIT_OK, res.output
+    text = flat(res.output)
+    assert f"{100 * share:.1f} % of purchase spend before {AS_OF} is in product categories" in text
+    assert f"'Toys' ({100 * share:.1f} %)" in text and "looks like" not in text
+    assert "Fix: Retrain the model on data that hold these categories, or map them to those it was " \
+           "trained with (" in text
+
+    loaded = clvtier.load(data)
+    with pytest.warns(UnseenLevelWarning, match=rf"'Toys' \({100 * share:.1f} %\)"):
+        clvtier.predict(model, loaded, with_reasons=False)
+    assert unseen_levels(model, loaded, dt.date(2024, 1, 1)) == []
+    res = predict_cli(data, run_dir, tmp_path / "s.csv", "--as-of", "2024-01-01")
+    assert res.exit_code == EXIT_OK and "Toys" not in res.output, res.output
 
 
 # -- SIGTERM ----------------------------------------------------------------------------------------

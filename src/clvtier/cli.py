@@ -635,7 +635,7 @@ def predict(
     """
     from clvtier.persist import check_not_input
     from clvtier.predict import load as load_model
-    from clvtier.predict import score_to_file
+    from clvtier.predict import score_to_file, scoring_date, unseen_levels
     from clvtier.validate import load
 
     as_of_date = _date(as_of, "--as-of")
@@ -663,6 +663,7 @@ def predict(
     _print_problems(ds.warnings)
     if as_of_date is not None:
         _check_cutoff(ds, as_of_date, "the scoring date")
+    _print_problems(unseen_levels(model, ds, scoring_date(ds, as_of_date)))
     if model.metadata.get("describes_past_only"):
         out.print("[bold yellow]This model was trained in snapshot mode: its tiers describe customers' past "
                   "spend, not a prediction of their future value.[/bold yellow]")

@@ -12,17 +12,19 @@ import os
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import ibis
 import numpy as np
 import pandas as pd
 
 from clvtier.clv import check_someone_known
-from clvtier.errors import InputError, ModelError
+from clvtier.errors import InputError, ModelError, Problem
 from clvtier.features import BTYD_GROUP, FeatureSpec, as_date, build_features, require_dataset, write_feature_parts
 from clvtier.models import model_input
 from clvtier.persist import load_model, safe_csv_frame
@@ -299,6 +301,9 @@ def score_frame(model: Model, features: pd.DataFrame, with_reasons: bool = True)
 def predict(model: Model, data: Any, as_of: dt.date | None = None, with_reasons: bool = True) -> pd.DataFrame:
     """Score every customer known at ``as_of`` (default: the day after the last transaction).
 
+    Product categories and promotion types the model has no feature for are reported
+    with an :class:`UnseenLevelWarning` (see :func:`unseen_levels`).
+
     Returns
     -------
     DataFrame
@@ -314,6 +319,8 @@ def predict(model: Model, data: Any, as_of: dt.date | None = None, with_reasons:
     require_dataset(data)
     _require_flag(with_reasons)
     as_of = scoring_date(data, as_of)
+    for problem in unseen_levels(model, data, as_of):
+        warnings.warn(problem.describe(), UnseenLevelWarning, stacklevel=2)
     fs = build_features(data, as_of, model.spec)
     scores = score_frame(model, fs.frame, with_reasons=with_reasons)
     if len(scores) != len(fs.frame) or scores["customer_id"].duplicated().any():
@@ -331,6 +338,106 @@ def scoring_date(data: Any, as_of: dt.date | str | None) -> dt.date:
     as_of = as_date(as_of)
     check_someone_known(data.summary, as_of, "the scoring date")
     return as_of
+
+
+class UnseenLevelWarning(UserWarning):
+    """The data hold product categories or promotion types the model has no feature for."""
+
+
+#: Unseen values a warning names (the largest first); the others are counted.
+NAMED_LEVELS = 10
+
+
+def unseen_levels(model: Model, data: Any, as_of: dt.date) -> list[Problem]:
+    """Warnings about product categories and promotion types the model has no feature for.
+
+    The model's :class:`~clvtier.features.FeatureSpec` fixes both at training. Purchases
+    in another category count in no category's spend share, and offers of another
+    promotion type count as received but never as responded to, so tiers shift without
+    an error: a re-export that spells ``Clothing`` as ``CLOTHING``, or a new category.
+    Only events before ``as_of`` count, as in the features.
+
+    Returns
+    -------
+    list of Problem
+        Warnings (at most one per table) naming the unseen values, their share of
+        purchase spend (categories) or of offers (promotion types), and the known value
+        each one equals ignoring case and surrounding spaces.
+    """
+    _require_model(model)
+    require_dataset(data)
+    spec = model.spec
+    when = ibis.param("date")
+    problems = []
+    tx = data.tables["transactions"]
+    if spec.categories and "product_category" in tx.columns:
+        bought = tx.filter((tx.transaction_date < when) & (tx.transaction_amount > 0))
+        levels = bought.group_by(level=bought.product_category).aggregate(
+            weight=bought.transaction_amount.sum(), rows=bought.count())
+        found = _unseen(data.con.execute(levels, params={when: as_of}), spec.categories)
+        if found is not None:
+            share, listed, rows, alike = found
+            problems.append(Problem(
+                "warning", "transactions",
+                f"{share} of purchase spend before {as_of} is in product categories the model has no "
+                f"feature for, so it counts in no category's share and shifts tiers: {listed}",
+                _level_fix("categories", spec.categories, alike),
+                file=_source_file(data, "transactions"), column="product_category", count=rows,
+                code="unseen_category"))
+    mk = data.tables.get("marketing")
+    if spec.promotion_types and "marketing" in spec.tables and mk is not None and "promotion_type" in mk.columns:
+        offers = mk.filter(mk.campaign_date < when)
+        levels = offers.group_by(level=offers.promotion_type).aggregate(weight=offers.count(), rows=offers.count())
+        found = _unseen(data.con.execute(levels, params={when: as_of}), spec.promotion_types)
+        if found is not None:
+            share, listed, rows, alike = found
+            problems.append(Problem(
+                "warning", "marketing",
+                f"{share} of offers before {as_of} are of promotion types the model has no feature for, "
+                f"so responses to them count for no promotion type and shift tiers: {listed}",
+                _level_fix("promotion types", spec.promotion_types, alike),
+                file=_source_file(data, "marketing"), column="promotion_type", count=rows,
+                code="unseen_promotion_type"))
+    return problems
+
+
+def _unseen(levels: pd.DataFrame, known: Sequence[str]) -> tuple[str, str, int, bool] | None:
+    """From ``level, weight, rows`` (one row per value): the unseen values' share of the weight,
+    the values described (largest first), their rows, and whether one differs from a known value
+    only in case or surrounding spaces; None when every value is known."""
+    total = float(levels["weight"].sum())
+    unseen = levels[levels["level"].notna() & ~levels["level"].isin(list(known))]
+    if unseen.empty:
+        return None
+    unseen = unseen.assign(level=unseen["level"].astype(str)).sort_values(
+        ["weight", "level"], ascending=[False, True])
+    folded = {str(k).strip().casefold(): str(k) for k in known}
+    described, alike = [], []
+    for level, weight in zip(unseen["level"].head(NAMED_LEVELS), unseen["weight"].head(NAMED_LEVELS), strict=True):
+        described.append(f"{level!r} ({_percent(weight / total)})")
+        if (match := folded.get(level.strip().casefold())) is not None:
+            alike.append(f"{level!r} looks like {match!r}")
+    if len(unseen) > NAMED_LEVELS:
+        described.append(f"and {len(unseen) - NAMED_LEVELS:,} more")
+    text = ", ".join(described) + ("; " + ", ".join(alike) if alike else "")
+    return _percent(float(unseen["weight"].sum()) / total), text, int(unseen["rows"].sum()), bool(alike)
+
+
+def _percent(share: float) -> str:
+    return "< 0.1 %" if 0 < share < 0.0005 else f"{100 * share:.1f} %"
+
+
+def _level_fix(what: str, known: Sequence[str], alike: bool) -> str:
+    spelling = ", ".join(known)
+    if alike:
+        return (f"Use the spelling the model was trained with ({spelling}): re-export the data or map the "
+                f"values to it. If these are new {what}, retrain the model on data that hold them.")
+    return f"Retrain the model on data that hold these {what}, or map them to those it was trained with ({spelling})."
+
+
+def _source_file(data: Any, table: str) -> str | None:
+    path = getattr(data.sources.get(table), "path", None)
+    return None if path is None else str(path)
 
 
 def _label_columns(scores: pd.DataFrame) -> list[str]:
