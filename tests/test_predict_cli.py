@@ -20,11 +20,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import typer
 from typer.testing import CliRunner
 
 import clvtier
+from clvtier import cli
 from clvtier.cli import EXIT_TERMINATED, app
-from clvtier.errors import EXIT_BAD_INPUT, EXIT_OK, InputError
+from clvtier.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, InputError
 from clvtier.generate import generate
 from clvtier.persist import write_run
 from clvtier.predict import Model, UnseenLevelWarning, score_frame, score_to_file, unseen_levels, write_scores
@@ -205,6 +207,35 @@ def test_sigterm_stops_a_command_and_leaves_nothing(
     assert "Traceback" not in output
     assert list(out_dir.iterdir()) == []
     assert list(tmp_dir.iterdir()) == []
+
+
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs POSIX timers")
+@pytest.mark.parametrize(("handler", "code", "message"), [
+    (cli._terminate, EXIT_TERMINATED, "Terminated; nothing was written."),
+    (signal.default_int_handler, EXIT_INTERRUPTED, "Interrupted; nothing was written."),
+], ids=["sigterm", "ctrl-c"])
+def test_a_signal_during_a_query_stops_the_command_as_between_queries(
+    handler: Any, code: int, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """DuckDB runs the signal handler while a query runs, stops the query and raises its own
+    RuntimeError from the handler's exception: still the signal's message and exit code."""
+    import duckdb
+
+    @cli.handle_errors
+    def long_query() -> None:
+        with duckdb.connect() as con:
+            con.execute("SELECT sum(a.range * b.range) FROM range(1000000) a, range(1000000) b").fetchall()  # hours
+
+    previous = signal.signal(signal.SIGALRM, handler)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(typer.Exit) as info:
+            long_query()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert info.value.exit_code == code
+    assert message in capsys.readouterr().err
 
 
 # -- output paths -----------------------------------------------------------------------------------

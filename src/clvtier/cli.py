@@ -189,12 +189,8 @@ def handle_errors(fn: F) -> F:
             if exc.fix:
                 err.print("Fix: " + exc.fix, highlight=False, markup=False)
             raise typer.Exit(exc.exit_code) from None
-        except Terminated:
-            err.print("Terminated; nothing was written.")
-            raise typer.Exit(EXIT_TERMINATED) from None
-        except KeyboardInterrupt:
-            err.print("Interrupted; nothing was written.")
-            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except KeyboardInterrupt as exc:
+            raise _stopped(exc) from None
         except typer.Exit:
             raise
         except BrokenPipeError:
@@ -216,6 +212,9 @@ def handle_errors(fn: F) -> F:
             err.print(OUT_OF_MEMORY_FIX, highlight=False, markup=False)
             raise typer.Exit(EXIT_BAD_INPUT) from None
         except Exception as exc:  # the last line of defence
+            if isinstance(exc.__cause__, KeyboardInterrupt):
+                # DuckDB stops a query on Ctrl-C or SIGTERM and raises its own error from the signal's.
+                raise _stopped(exc.__cause__) from None
             if is_engine_out_of_memory(exc):
                 err.print("Error: the query engine ran out of memory under its limit "
                           f"({str(exc).splitlines()[0]}).", highlight=False, markup=False)
@@ -224,6 +223,15 @@ def handle_errors(fn: F) -> F:
             raise _internal(exc) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _stopped(exc: KeyboardInterrupt) -> typer.Exit:
+    """Report Ctrl-C (exit 130) or SIGTERM (exit 143); the cleanup has run."""
+    if isinstance(exc, Terminated):
+        err.print("Terminated; nothing was written.")
+        return typer.Exit(EXIT_TERMINATED)
+    err.print("Interrupted; nothing was written.")
+    return typer.Exit(EXIT_INTERRUPTED)
 
 
 def _internal(exc: Exception) -> typer.Exit:
