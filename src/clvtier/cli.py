@@ -2,7 +2,7 @@
 
 Library code raises :class:`clvtier.errors.ClvtierError`; only this module turns
 errors into messages and exit codes (0 ok, 1 internal error, 2 bad input,
-3 unusable model, 130 interrupted).
+3 unusable model, 130 interrupted, 143 terminated).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import functools
 import json
 import os
 import re
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -59,6 +60,23 @@ out = _Console(soft_wrap=True, width=_WIDTH)
 err = _Console(stderr=True, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: Exit code of a command stopped by SIGTERM (128 + 15, what a shell reports for it).
+EXIT_TERMINATED = 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread by :func:`main`'s handler.
+
+    A KeyboardInterrupt, so that it stops a command exactly as Ctrl-C does: the
+    ``finally`` blocks and context managers remove every temporary file, and code that
+    lets Ctrl-C through without waiting for background work does the same for it.
+    """
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
 
 EngineOpt = Annotated[str, typer.Option(help="duckdb (default, one machine) or spark (needs clvtier[spark]).")]
 MasterOpt = Annotated[str, typer.Option(help="Spark master URL, e.g. local[*], spark://host:7077, yarn.")]
@@ -137,13 +155,19 @@ WRITE_FIXES = {
 
 
 def _os_error_place(exc: OSError) -> str:
-    """The path an OS error is about, as the user named it (a temporary file's directory)."""
-    if not exc.filename:
+    """The path an OS error is about, as the user named it (a temporary file's directory).
+
+    A rename (``os.replace(temporary, output)``) names both paths: the output is the one
+    the user knows.
+    """
+    paths = [Path(os.fsdecode(name)) for name in (exc.filename2, exc.filename) if name]
+    if not paths:
         return "the output"
-    path = Path(os.fsdecode(exc.filename))
-    if path.name.startswith(".") and path.name.endswith(".tmp"):  # persist.atomic_path's temporary file
-        return f"cannot create a file in {path.parent}"
-    return str(path)
+    for path in paths:
+        # persist.atomic_path's temporary file, persist.atomic_dir's temporary and old run
+        if not (path.name.startswith(".") and path.name.endswith((".tmp", ".old"))):
+            return str(path)
+    return f"cannot create a file in {paths[-1].parent}"
 
 
 def handle_errors(fn: F) -> F:
@@ -165,9 +189,8 @@ def handle_errors(fn: F) -> F:
             if exc.fix:
                 err.print("Fix: " + exc.fix, highlight=False, markup=False)
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            err.print("Interrupted; nothing was written.")
-            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except KeyboardInterrupt as exc:
+            raise _stopped(exc) from None
         except typer.Exit:
             raise
         except BrokenPipeError:
@@ -189,6 +212,9 @@ def handle_errors(fn: F) -> F:
             err.print(OUT_OF_MEMORY_FIX, highlight=False, markup=False)
             raise typer.Exit(EXIT_BAD_INPUT) from None
         except Exception as exc:  # the last line of defence
+            if isinstance(exc.__cause__, KeyboardInterrupt):
+                # DuckDB stops a query on Ctrl-C or SIGTERM and raises its own error from the signal's.
+                raise _stopped(exc.__cause__) from None
             if is_engine_out_of_memory(exc):
                 err.print("Error: the query engine ran out of memory under its limit "
                           f"({str(exc).splitlines()[0]}).", highlight=False, markup=False)
@@ -197,6 +223,15 @@ def handle_errors(fn: F) -> F:
             raise _internal(exc) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _stopped(exc: KeyboardInterrupt) -> typer.Exit:
+    """Report Ctrl-C (exit 130) or SIGTERM (exit 143); the cleanup has run."""
+    if isinstance(exc, Terminated):
+        err.print("Terminated; nothing was written.")
+        return typer.Exit(EXIT_TERMINATED)
+    err.print("Interrupted; nothing was written.")
+    return typer.Exit(EXIT_INTERRUPTED)
 
 
 def _internal(exc: Exception) -> typer.Exit:
@@ -615,8 +650,9 @@ def predict(
     Streams: the features of every customer go to a temporary Parquet file and are scored
     and written in chunks, so memory stays bounded for any number of customers.
     """
+    from clvtier.persist import check_not_input
     from clvtier.predict import load as load_model
-    from clvtier.predict import score_to_file
+    from clvtier.predict import score_to_file, scoring_date, unseen_levels
     from clvtier.validate import load
 
     as_of_date = _date(as_of, "--as-of")
@@ -634,6 +670,7 @@ def predict(
         return
     _check_engine(engine)
 
+    check_not_input(out_file)  # a directory or a write-protected file: said before the work
     _check_model_dir(model_dir)
     model = load_model(model_dir)
     with progress("Validating data"):
@@ -643,6 +680,7 @@ def predict(
     _print_problems(ds.warnings)
     if as_of_date is not None:
         _check_cutoff(ds, as_of_date, "the scoring date")
+    _print_problems(unseen_levels(model, ds, scoring_date(ds, as_of_date)))
     if model.metadata.get("describes_past_only"):
         out.print("[bold yellow]This model was trained in snapshot mode: its tiers describe customers' past "
                   "spend, not a prediction of their future value.[/bold yellow]")
@@ -748,6 +786,8 @@ def serve(
 
 def main() -> None:
     """Console-script entry point."""
+    # cron and CI timeouts, systemd, Kubernetes and Airflow stop a command with SIGTERM.
+    signal.signal(signal.SIGTERM, _terminate)
     app()
 
 

@@ -15,9 +15,11 @@ from typing import Any
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; move it into place only if the block succeeds.
 
-    A failed or interrupted write leaves nothing at ``path`` (and no temporary file).
+    A failed or interrupted write leaves nothing at ``path`` (and no temporary file). A
+    directory or a write-protected file at ``path`` is refused (see :func:`check_not_input`).
     """
     path = Path(path)
+    check_not_input(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -28,6 +30,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
+    except OSError as exc:
+        # Writes to an open file fail without a file name (a full disk): the file is the output.
+        if exc.filename is None:
+            exc.filename = str(path)
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -59,8 +66,14 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def check_not_input(out: str | Path, data: Any) -> None:
-    """Refuse an output file that is one of the data's input files (it would be replaced)."""
+def check_not_input(out: str | Path, data: Any = None) -> None:
+    """Refuse an output file that must not be replaced: one of the data's input files, a
+    directory, or a write-protected file.
+
+    Callers check before the work, so that a wrong path is reported at once, not after
+    it; :func:`atomic_path` checks again. It replaces a file by renaming another over it,
+    which the file's own write protection would not stop.
+    """
     from clvtier.errors import InputError
 
     target = Path(out).resolve()
@@ -71,6 +84,12 @@ def check_not_input(out: str | Path, data: Any) -> None:
                 f"{out} is the input file of the {name} table; writing there would replace the data.",
                 "Choose another output path (e.g. in a directory of its own).",
             )
+    if target.is_dir():
+        raise InputError(f"{out} is a directory.", "Name a file inside it, or another output path.")
+    # Root may write to any file: a file without write permission for anyone is protected too.
+    if target.is_file() and not (os.access(target, os.W_OK) and target.stat().st_mode & 0o222):
+        raise InputError(f"{out} is write-protected; it is not replaced.",
+                         f"Make it writable (chmod u+w {out}) or choose another output path.")
 
 
 def check_run_dir(path: str | Path) -> None:

@@ -8,20 +8,24 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import os
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import ibis
 import numpy as np
 import pandas as pd
 
-from clvtier.errors import InputError, ModelError
-from clvtier.features import BTYD_GROUP, FeatureSpec, build_features, require_dataset, write_feature_parts
+from clvtier.clv import check_someone_known
+from clvtier.errors import InputError, ModelError, Problem
+from clvtier.features import BTYD_GROUP, FeatureSpec, as_date, build_features, require_dataset, write_feature_parts
 from clvtier.models import model_input
 from clvtier.persist import load_model, safe_csv_frame
 from clvtier.target import TIERS
@@ -65,6 +69,9 @@ class Model:
 
 def load(run_dir: str | Path) -> Model:
     """Load the model bundle written by ``clvtier train`` (checked; see :func:`persist.load_model`)."""
+    if not isinstance(run_dir, str | os.PathLike):
+        raise InputError(f"expected the path of a run directory, got {type(run_dir).__name__}.",
+                         "Pass the directory 'clvtier train' wrote: clvtier.load_model('runs/1').")
     pipeline, meta = load_model(run_dir)
     return Model(pipeline, meta)
 
@@ -73,6 +80,12 @@ def _require_model(model: Any) -> None:
     if not isinstance(model, Model):
         raise InputError(f"expected a loaded model, got {type(model).__name__}.",
                          "Load the run directory first: model = clvtier.predict.load('runs/1').")
+
+
+def _require_flag(with_reasons: Any) -> None:
+    if not isinstance(with_reasons, bool | np.bool_):
+        raise InputError(f"with_reasons must be True or False, got {with_reasons!r}.",
+                         "Pass with_reasons=False to skip the reasons, True (the default) to compute them.")
 
 
 def _empty_scores(with_reasons: bool) -> pd.DataFrame:
@@ -94,10 +107,34 @@ def prepare(frame: pd.DataFrame, model: Model) -> pd.DataFrame:
         )
     X = model_input(frame, model.feature_names)
     dtypes = X.dtypes
+    infinite: dict[str, int] = {}
+    not_text: dict[str, int] = {}
     for col, dtype in model.feature_dtypes.items():
-        if dtype == "float64" and not pd.api.types.is_float_dtype(dtypes[col]):
-            raise ModelError(f"feature '{col}' is not numeric in the data.", "Check the input tables' types.")
+        if dtype == "float64":
+            if not pd.api.types.is_float_dtype(dtypes[col]):
+                raise ModelError(f"feature '{col}' is not numeric in the data.", "Check the input tables' types.")
+            if n := int(np.isinf(X[col].to_numpy()).sum()):
+                infinite[col] = n
+        else:
+            values = X[col]
+            # Numbers (model_input made them float64) or other objects; all missing is missing text.
+            if pd.api.types.infer_dtype(values, skipna=True) not in ("string", "empty") and \
+                    (n := int((values.notna() & ~values.map(lambda v: isinstance(v, str)).astype(bool)).sum())):
+                not_text[col] = n
+    if infinite:
+        raise InputError(f"the features hold infinite values: {_per_column(infinite)}.",
+                         "Replace them with finite numbers; clvtier.build_features(data, cutoff, model.spec) "
+                         "never gives infinite values.")
+    if not_text:
+        raise InputError(f"categorical features hold values that are not text: {_per_column(not_text)}.",
+                         "Pass categories as text (str), with None or NaN where a value is missing, as "
+                         "clvtier.build_features(data, cutoff, model.spec) gives them.")
     return X
+
+
+def _per_column(counts: dict[str, int]) -> str:
+    """'col (3 rows), other (1 row)'."""
+    return ", ".join(f"{col} ({n:,} row{'s' if n != 1 else ''})" for col, n in counts.items())
 
 
 def proba_in_tier_order(pipeline: Any, X: Any, proba: np.ndarray | None = None) -> np.ndarray:
@@ -225,6 +262,7 @@ def score_frame(model: Model, features: pd.DataFrame, with_reasons: bool = True)
         :mod:`clvtier.occlusion`).
     """
     _require_model(model)
+    _require_flag(with_reasons)
     if not isinstance(features, pd.DataFrame) or "customer_id" not in features.columns:
         raise InputError("the features must be a DataFrame with a customer_id column and the model's features.",
                          "Build them with clvtier.build_features(data, cutoff, model.spec).frame.")
@@ -263,15 +301,26 @@ def score_frame(model: Model, features: pd.DataFrame, with_reasons: bool = True)
 def predict(model: Model, data: Any, as_of: dt.date | None = None, with_reasons: bool = True) -> pd.DataFrame:
     """Score every customer known at ``as_of`` (default: the day after the last transaction).
 
+    Product categories and promotion types the model has no feature for are reported
+    with an :class:`UnseenLevelWarning` (see :func:`unseen_levels`).
+
     Returns
     -------
     DataFrame
         customer_id, tier, p_low, p_medium, p_high, reason_1..3 and their effects;
         exactly one row per customer known at ``as_of``.
+
+    Raises
+    ------
+    InputError
+        When no customer is known before ``as_of`` (as ``clvtier predict --as-of`` does).
     """
     _require_model(model)
     require_dataset(data)
-    as_of = as_of or data.last_date + dt.timedelta(days=1)
+    _require_flag(with_reasons)
+    as_of = scoring_date(data, as_of)
+    for problem in unseen_levels(model, data, as_of):
+        warnings.warn(problem.describe(), UnseenLevelWarning, stacklevel=2)
     fs = build_features(data, as_of, model.spec)
     scores = score_frame(model, fs.frame, with_reasons=with_reasons)
     if len(scores) != len(fs.frame) or scores["customer_id"].duplicated().any():
@@ -280,6 +329,115 @@ def predict(model: Model, data: Any, as_of: dt.date | None = None, with_reasons:
             "This is a bug; report it with the data's shape.",
         )
     return scores
+
+
+def scoring_date(data: Any, as_of: dt.date | str | None) -> dt.date:
+    """The date to score at: ``as_of``, or the day after the last transaction; refused before the data start."""
+    if as_of is None:
+        return data.last_date + dt.timedelta(days=1)
+    as_of = as_date(as_of)
+    check_someone_known(data.summary, as_of, "the scoring date")
+    return as_of
+
+
+class UnseenLevelWarning(UserWarning):
+    """The data hold product categories or promotion types the model has no feature for."""
+
+
+#: Unseen values a warning names (the largest first); the others are counted.
+NAMED_LEVELS = 10
+
+
+def unseen_levels(model: Model, data: Any, as_of: dt.date) -> list[Problem]:
+    """Warnings about product categories and promotion types the model has no feature for.
+
+    The model's :class:`~clvtier.features.FeatureSpec` fixes both at training. Purchases
+    in another category count in no category's spend share, and offers of another
+    promotion type count as received but never as responded to, so tiers shift without
+    an error: a re-export that spells ``Clothing`` as ``CLOTHING``, or a new category.
+    Only events before ``as_of`` count, as in the features.
+
+    Returns
+    -------
+    list of Problem
+        Warnings (at most one per table) naming the unseen values, their share of
+        purchase spend (categories) or of offers (promotion types), and the known value
+        each one equals ignoring case and surrounding spaces.
+    """
+    _require_model(model)
+    require_dataset(data)
+    spec = model.spec
+    when = ibis.param("date")
+    problems = []
+    tx = data.tables["transactions"]
+    if spec.categories and "product_category" in tx.columns:
+        bought = tx.filter((tx.transaction_date < when) & (tx.transaction_amount > 0))
+        levels = bought.group_by(level=bought.product_category).aggregate(
+            weight=bought.transaction_amount.sum(), rows=bought.count())
+        found = _unseen(data.con.execute(levels, params={when: as_of}), spec.categories)
+        if found is not None:
+            share, listed, rows, alike = found
+            problems.append(Problem(
+                "warning", "transactions",
+                f"{share} of purchase spend before {as_of} is in product categories the model has no "
+                f"feature for, so it counts in no category's share and shifts tiers: {listed}",
+                _level_fix("categories", spec.categories, alike),
+                file=_source_file(data, "transactions"), column="product_category", count=rows,
+                code="unseen_category"))
+    mk = data.tables.get("marketing")
+    if spec.promotion_types and "marketing" in spec.tables and mk is not None and "promotion_type" in mk.columns:
+        offers = mk.filter(mk.campaign_date < when)
+        levels = offers.group_by(level=offers.promotion_type).aggregate(weight=offers.count(), rows=offers.count())
+        found = _unseen(data.con.execute(levels, params={when: as_of}), spec.promotion_types)
+        if found is not None:
+            share, listed, rows, alike = found
+            problems.append(Problem(
+                "warning", "marketing",
+                f"{share} of offers before {as_of} are of promotion types the model has no feature for, "
+                f"so responses to them count for no promotion type and shift tiers: {listed}",
+                _level_fix("promotion types", spec.promotion_types, alike),
+                file=_source_file(data, "marketing"), column="promotion_type", count=rows,
+                code="unseen_promotion_type"))
+    return problems
+
+
+def _unseen(levels: pd.DataFrame, known: Sequence[str]) -> tuple[str, str, int, bool] | None:
+    """From ``level, weight, rows`` (one row per value): the unseen values' share of the weight,
+    the values described (largest first), their rows, and whether one differs from a known value
+    only in case or surrounding spaces; None when every value is known."""
+    total = float(levels["weight"].sum())
+    unseen = levels[levels["level"].notna() & ~levels["level"].isin(list(known))]
+    if unseen.empty:
+        return None
+    unseen = unseen.assign(level=unseen["level"].astype(str)).sort_values(
+        ["weight", "level"], ascending=[False, True])
+    folded = {str(k).strip().casefold(): str(k) for k in known}
+    described, alike = [], []
+    for level, weight in zip(unseen["level"].head(NAMED_LEVELS), unseen["weight"].head(NAMED_LEVELS), strict=True):
+        described.append(f"{level!r} ({_percent(weight / total)})")
+        if (match := folded.get(level.strip().casefold())) is not None:
+            alike.append(f"{level!r} looks like {match!r}")
+    if len(unseen) > NAMED_LEVELS:
+        described.append(f"and {len(unseen) - NAMED_LEVELS:,} more")
+    text = ", ".join(described) + ("; " + ", ".join(alike) if alike else "")
+    return _percent(float(unseen["weight"].sum()) / total), text, int(unseen["rows"].sum()), bool(alike)
+
+
+def _percent(share: float) -> str:
+    return "< 0.1 %" if 0 < share < 0.0005 else f"{100 * share:.1f} %"
+
+
+def _level_fix(what: str, known: Sequence[str], alike: bool) -> str:
+    spelling = ", ".join(known)
+    if alike:
+        return (f"Use the spelling the model was trained with ({spelling}): re-export the data or map the "
+                f"values to it. If these are new {what}, retrain the model on data that hold them.")
+    return f"Retrain the model on data that hold these {what}, or map them to those it was trained with ({spelling})."
+
+
+def _source_file(data: Any, table: str) -> str | None:
+    path = getattr(data.sources.get(table), "path", None)
+    return None if path is None else str(path)
 
 
 def _label_columns(scores: pd.DataFrame) -> list[str]:
@@ -424,8 +582,9 @@ def score_to_file(model: Model, data: Any, out: str | Path, as_of: dt.date | Non
         raise InputError(f"{out}: unknown output format.", "Name the output file .csv or .parquet.")
     if chunk_size < 1:
         raise InputError(f"chunk size {chunk_size} is out of range.", "Use a positive number of customers.")
-    check_not_input(out, data)
-    as_of = as_of or data.last_date + dt.timedelta(days=1)
+    _require_flag(with_reasons)
+    check_not_input(out, data)  # before the work, not after it
+    as_of = scoring_date(data, as_of)
     with tempfile.TemporaryDirectory(prefix="clvtier-score-") as work:
         t0 = time.perf_counter()
         paths = write_feature_parts(data, model.spec, as_of, Path(work))
