@@ -267,6 +267,14 @@ def test_an_output_that_is_a_directory_is_refused_before_scoring(
     assert list(out.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["scores.csv"]
 
 
+def test_an_output_that_is_a_file_of_the_models_run_is_refused(data_dir: Path, run_dir: Path) -> None:
+    before = (run_dir / "test_predictions.csv").read_bytes()
+    res = predict_cli(data_dir, run_dir, run_dir / "test_predictions.csv")
+    assert res.exit_code == EXIT_BAD_INPUT, res.output
+    assert "test_predictions.csv is a file of the model's run; writing there would replace it." in flat(res.output)
+    assert (run_dir / "test_predictions.csv").read_bytes() == before
+
+
 @pytest.mark.usefixtures("no_feature_work")
 def test_a_write_protected_output_file_is_kept(data_dir: Path, run_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "scores.csv"

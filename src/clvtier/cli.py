@@ -650,7 +650,7 @@ def predict(
     Streams: the features of every customer go to a temporary Parquet file and are scored
     and written in chunks, so memory stays bounded for any number of customers.
     """
-    from clvtier.persist import check_not_input
+    from clvtier.persist import check_not_input, check_not_run_file
     from clvtier.predict import load as load_model
     from clvtier.predict import score_to_file, scoring_date, unseen_levels
     from clvtier.validate import load
@@ -672,6 +672,7 @@ def predict(
 
     check_not_input(out_file)  # a directory or a write-protected file: said before the work
     _check_model_dir(model_dir)
+    check_not_run_file(out_file, model_dir)
     model = load_model(model_dir)
     with progress("Validating data"):
         # --as-of is the date to score at, not the export date: events after it are

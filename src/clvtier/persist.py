@@ -92,6 +92,16 @@ def check_not_input(out: str | Path, data: Any = None) -> None:
                          f"Make it writable (chmod u+w {out}) or choose another output path.")
 
 
+def check_not_run_file(out: str | Path, run_dir: str | Path) -> None:
+    """Refuse an output file that is one of a run's own files (the run would be damaged)."""
+    from clvtier.errors import InputError
+
+    target = Path(out).resolve()
+    if target.parent == Path(run_dir).resolve() and target.name in RUN_FILES:
+        raise InputError(f"{out} is a file of the model's run; writing there would replace it.",
+                         "Choose another output path (e.g. RUN_DIR/scores.csv).")
+
+
 def check_run_dir(path: str | Path) -> None:
     """Refuse an output directory for a run that would replace anything but an earlier run.
 
