@@ -20,6 +20,11 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -119,3 +124,55 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "filterwarnings", "ignore:The 'future.infer_string' option is deprecated:DeprecationWarning:ibis.*"
     )
+
+
+#: ``python -c SLOW_WRITER MARKER ARGS...`` runs ``clvtier ARGS`` whose CSV writer stops half-way:
+#: it writes half the rows, names the file it writes in MARKER, and sleeps.
+SLOW_WRITER = """
+import sys, time
+from pathlib import Path
+import pandas as pd
+
+marker = Path(sys.argv[1])
+real_to_csv = pd.DataFrame.to_csv
+
+def slow_to_csv(self, path=None, *args, **kwargs):  # path: a file name or an open file
+    real_to_csv(self.iloc[: len(self) // 2], path, *args, **kwargs)  # half the rows are on disk
+    if hasattr(path, "flush"):
+        path.flush()
+    marker.write_text(str(path.name if hasattr(path, "write") else path))  # an open file, or a path
+    time.sleep(120)
+
+pd.DataFrame.to_csv = slow_to_csv
+from clvtier.cli import main
+sys.argv = ["clvtier", *sys.argv[2:]]
+main()
+"""
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def run_until_writing(args: list[str], tmp_path: Path, env: Mapping[str, str] | None = None,
+                      timeout: float = 120) -> tuple[subprocess.Popen[bytes], Path]:
+    """Start ``clvtier ARGS`` in a subprocess whose CSV writer stops half-way; wait until it is writing.
+
+    Returns the process and the file it is writing.
+    """
+    marker = tmp_path / "writing"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_WRITER, str(marker), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env={**os.environ, "CLVTIER_PROGRESS": "0", **(env or {})},
+        # A test run started in the background inherits an ignored SIGINT, and Python then
+        # installs no Ctrl-C handler: give the child the default, as a terminal would.
+        preexec_fn=_default_sigint if sys.platform != "win32" else None,
+    )
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"never reached the writer: {proc.communicate()[0].decode()[-2000:]}")
+        time.sleep(0.05)
+    return proc, Path(marker.read_text())

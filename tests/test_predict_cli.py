@@ -9,9 +9,7 @@ import importlib
 import os
 import shutil
 import signal
-import subprocess
 import sys
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import typer
+from conftest import run_until_writing
 from typer.testing import CliRunner
 
 import clvtier
@@ -146,26 +145,6 @@ def test_a_new_category_is_named_and_only_events_before_the_date_count(
 
 
 # -- SIGTERM ----------------------------------------------------------------------------------------
-SLOW_WRITER = """
-import sys, time
-from pathlib import Path
-import pandas as pd
-
-marker = Path(sys.argv[1])
-real_to_csv = pd.DataFrame.to_csv
-
-def slow_to_csv(self, path=None, *args, **kwargs):  # path: a file name or an open file
-    real_to_csv(self.iloc[: len(self) // 2], path, *args, **kwargs)  # half the rows are on disk
-    if hasattr(path, "flush"):
-        path.flush()
-    marker.write_text(str(path.name if hasattr(path, "write") else path))
-    time.sleep(120)
-
-pd.DataFrame.to_csv = slow_to_csv
-from clvtier.cli import main
-sys.argv = ["clvtier", *sys.argv[2:]]
-main()
-"""
 
 
 @pytest.mark.slow
@@ -181,21 +160,11 @@ def test_sigterm_stops_a_command_and_leaves_nothing(
 ) -> None:
     """SIGTERM half-way through writing (a scheduler's timeout, systemd, Kubernetes): the partial output
     and the temporary features are removed, the message says so, and the exit code is 143."""
-    out_dir, tmp_dir, marker = tmp_path / "out", tmp_path / "tmp", tmp_path / "writing"
+    out_dir, tmp_dir = tmp_path / "out", tmp_path / "tmp"
     out_dir.mkdir()
     tmp_dir.mkdir()
     args = [a.format(data=data_dir, run=run_dir, out=out_dir) for a in command]
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SLOW_WRITER, str(marker), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        env={**os.environ, "CLVTIER_PROGRESS": "0", "TMPDIR": str(tmp_dir)},
-    )
-    deadline = time.monotonic() + 300
-    while not marker.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"never reached the writer: {proc.communicate()[0].decode()[-2000:]}")
-        time.sleep(0.05)
-    partial = Path(marker.read_text())
+    proc, partial = run_until_writing(args, tmp_path, env={"TMPDIR": str(tmp_dir)}, timeout=300)
     assert partial.is_relative_to(out_dir) and partial.stat().st_size > 0
     assert any(p.name.startswith(".") and p.name.endswith(".tmp") for p in out_dir.iterdir())
     if work is not None:
