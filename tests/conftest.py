@@ -164,7 +164,8 @@ def run_until_writing(args: list[str], tmp_path: Path, env: Mapping[str, str] | 
     proc = subprocess.Popen(
         [sys.executable, "-c", SLOW_WRITER, str(marker), *args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        env={**os.environ, "CLVTIER_PROGRESS": "0", **(env or {})},
+        # A private TMPDIR: a killed process leaves its temporary files behind.
+        env={**os.environ, "CLVTIER_PROGRESS": "0", "TMPDIR": str(tmp_path), **(env or {})},
         # A test run started in the background inherits an ignored SIGINT, and Python then
         # installs no Ctrl-C handler: give the child the default, as a terminal would.
         preexec_fn=_default_sigint if sys.platform != "win32" else None,

@@ -30,6 +30,7 @@ from clvtier.errors import (
     EXIT_BROKEN_PIPE,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
     ClvtierError,
     DataError,
     InputError,
@@ -60,10 +61,6 @@ out = _Console(soft_wrap=True, width=_WIDTH)
 err = _Console(stderr=True, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-#: Exit code of a command stopped by SIGTERM (128 + 15, what a shell reports for it).
-EXIT_TERMINATED = 143
-
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread by :func:`main`'s handler.

@@ -17,6 +17,7 @@ EXIT_INTERNAL = 1
 EXIT_BAD_INPUT = 2
 EXIT_BAD_MODEL = 3
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + 15: stopped by SIGTERM, what a shell reports for it
 EXIT_BROKEN_PIPE = 141  # what a shell reports for a program stopped by SIGPIPE
 
 
