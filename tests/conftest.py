@@ -177,3 +177,12 @@ def run_until_writing(args: list[str], tmp_path: Path, env: Mapping[str, str] | 
             raise AssertionError(f"never reached the writer: {proc.communicate()[0].decode()[-2000:]}")
         time.sleep(0.05)
     return proc, Path(marker.read_text())
+
+
+def quick_run(data: Path, out: Path) -> Path:
+    """A run directory of a small logistic-regression model on ``data``, trained in seconds."""
+    import clvtier
+    from clvtier.persist import write_run
+
+    config = clvtier.TrainConfig(candidates=("logreg",), cv_folds=2, n_boot=10, backtests=0, horizon_days=180)
+    return write_run(clvtier.train(clvtier.load(data), config), out)

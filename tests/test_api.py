@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import quick_run
 
 import clvtier
 from clvtier.errors import InputError
@@ -23,10 +24,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def model(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Model:
-    config = clvtier.TrainConfig(candidates=("logreg",), cv_folds=2, n_boot=10, backtests=0, horizon_days=180)
-    run = tmp_path_factory.mktemp("api") / "run"
-    write_run(clvtier.train(clvtier.load(data_dir), config), run)
-    return load_model(run)
+    return load_model(quick_run(data_dir, tmp_path_factory.mktemp("api") / "run"))
 
 
 def test_train_config_reads_a_date_and_a_list_written_as_text() -> None:

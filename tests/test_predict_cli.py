@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import typer
-from conftest import run_until_writing
+from conftest import quick_run, run_until_writing
 from typer.testing import CliRunner
 
 import clvtier
@@ -27,7 +27,6 @@ from clvtier import cli
 from clvtier.cli import EXIT_TERMINATED, app
 from clvtier.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, InputError
 from clvtier.generate import generate
-from clvtier.persist import write_run
 from clvtier.predict import Model, UnseenLevelWarning, score_frame, score_to_file, unseen_levels, write_scores
 from clvtier.predict import load as load_model
 
@@ -42,10 +41,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def run_dir(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    config = clvtier.TrainConfig(candidates=("logreg",), cv_folds=2, n_boot=10, backtests=0, horizon_days=180)
-    run = tmp_path_factory.mktemp("predict") / "run"
-    write_run(clvtier.train(clvtier.load(data_dir), config), run)
-    return run
+    return quick_run(data_dir, tmp_path_factory.mktemp("predict") / "run")
 
 
 @pytest.fixture(scope="module")

@@ -368,36 +368,34 @@ def unseen_levels(model: Model, data: Any, as_of: dt.date) -> list[Problem]:
     require_dataset(data)
     spec = model.spec
     when = ibis.param("date")
-    problems = []
+    # (table, column, what, known values, per-value weight and rows before the date, message, code)
+    checks = []
     tx = data.tables["transactions"]
     if spec.categories and "product_category" in tx.columns:
         bought = tx.filter((tx.transaction_date < when) & (tx.transaction_amount > 0))
-        levels = bought.group_by(level=bought.product_category).aggregate(
-            weight=bought.transaction_amount.sum(), rows=bought.count())
-        found = _unseen(data.con.execute(levels, params={when: as_of}), spec.categories)
-        if found is not None:
-            share, listed, rows, alike = found
-            problems.append(Problem(
-                "warning", "transactions",
-                f"{share} of purchase spend before {as_of} is in product categories the model has no "
-                f"feature for, so it counts in no category's share and shifts tiers: {listed}",
-                _level_fix("categories", spec.categories, alike),
-                file=_source_file(data, "transactions"), column="product_category", count=rows,
-                code="unseen_category"))
+        checks.append((
+            "transactions", "product_category", "categories", spec.categories,
+            bought.group_by(level=bought.product_category).aggregate(
+                weight=bought.transaction_amount.sum(), rows=bought.count()),
+            "{share} of purchase spend before {as_of} is in product categories the model has no feature for, "
+            "so it counts in no category's share and shifts tiers", "unseen_category"))
     mk = data.tables.get("marketing")
     if spec.promotion_types and "marketing" in spec.tables and mk is not None and "promotion_type" in mk.columns:
         offers = mk.filter(mk.campaign_date < when)
-        levels = offers.group_by(level=offers.promotion_type).aggregate(weight=offers.count(), rows=offers.count())
-        found = _unseen(data.con.execute(levels, params={when: as_of}), spec.promotion_types)
+        checks.append((
+            "marketing", "promotion_type", "promotion types", spec.promotion_types,
+            offers.group_by(level=offers.promotion_type).aggregate(weight=offers.count(), rows=offers.count()),
+            "{share} of offers before {as_of} are of promotion types the model has no feature for, "
+            "so responses to them count for no promotion type and shift tiers", "unseen_promotion_type"))
+    problems = []
+    for table, column, what, known, levels, message, code in checks:
+        found = _unseen(data.con.execute(levels, params={when: as_of}), known)
         if found is not None:
             share, listed, rows, alike = found
             problems.append(Problem(
-                "warning", "marketing",
-                f"{share} of offers before {as_of} are of promotion types the model has no feature for, "
-                f"so responses to them count for no promotion type and shift tiers: {listed}",
-                _level_fix("promotion types", spec.promotion_types, alike),
-                file=_source_file(data, "marketing"), column="promotion_type", count=rows,
-                code="unseen_promotion_type"))
+                "warning", table, message.format(share=share, as_of=as_of) + f": {listed}",
+                _level_fix(what, known, alike), file=_source_file(data, table), column=column, count=rows,
+                code=code))
     return problems
 
 
